@@ -1,0 +1,246 @@
+"""The ``meshnet`` command line.
+
+Every user error (a bad flag, a bad value, an agent refusing a request) prints one line to
+stderr and exits 2, having changed nothing. Commands that talk to an agent take
+``--api SOCKET`` (or ``MESHNET_API``) and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from meshnet.errors import UserError
+
+DEFAULT_API = "/run/meshnet/api.sock"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"meshnet: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from meshnet.api.client import ApiClient
+
+    return ApiClient(args.api or os.environ.get("MESHNET_API") or DEFAULT_API)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        out = text(data)
+        if out:
+            print(out)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+# --- agent-facing commands --------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    data = _client(args).get("/v1/status")
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [
+            f"node:       {d['node']} ({d['state']}, pid {d['pid']}, up {d['uptime']:.0f}s)",
+            f"advertise:  {d['advertise']}   gossip {d['gossip']['bind']} "
+            f"({d['gossip']['preset']})",
+            f"members:    {', '.join(f'{v} {k}' for k, v in d['members'].items())}",
+            f"networks:   {d['networks']}   endpoints: {d['endpoints']}   "
+            f"services: {d['services']}",
+        ]
+        for key in ("lb", "dataplane"):
+            if key in d:
+                lines.append(f"{key + ':':11} {d[key]}")
+        return "\n".join(lines)
+
+    _emit(args, data, text)
+
+
+def cmd_members(args: argparse.Namespace) -> None:
+    data = _client(args).get("/v1/members")
+    _emit(args, data, lambda d: table(
+        [(m["name"], f"{m['addr']}:{m['port']}", m["state"], m["incarnation"],
+          ",".join(f"{k}={v}" for k, v in sorted(m["tags"].items()))) for m in d],
+        ("NAME", "ADDRESS", "STATE", "INC", "TAGS")))
+
+
+def _network_rows(nets: list[dict[str, Any]]) -> str:
+    return table(
+        [(n["name"], n["vni"], n["subnet"], n["mtu"] or "auto", "yes" if n["internal"] else "no")
+         for n in nets],
+        ("NAME", "VNI", "SUBNET", "MTU", "INTERNAL"))
+
+
+def cmd_network_create(args: argparse.Namespace) -> None:
+    from meshnet.model import Network, parse_cidr
+
+    parse_cidr(args.subnet)  # fail before talking to the agent
+    body: dict[str, Any] = {"name": args.name, "subnet": args.subnet, "internal": args.internal}
+    if args.vni is not None:
+        body["vni"] = args.vni
+    if args.mtu is not None:
+        body["mtu"] = args.mtu
+    Network(**{"vni": 1, "mtu": 0, **body})  # validate every field locally as well
+    data = _client(args).post("/v1/networks", body)
+    _emit(args, data, lambda d: f"network {d['name']} created (vni {d['vni']}, {d['subnet']})")
+
+
+def cmd_network_ls(args: argparse.Namespace) -> None:
+    _emit(args, _client(args).get("/v1/networks"), _network_rows)
+
+
+def cmd_network_rm(args: argparse.Namespace) -> None:
+    data = _client(args).delete(f"/v1/networks/{args.name}")
+    _emit(args, data, lambda d: f"network {d['removed']} removed")
+
+
+# --- local commands ----------------------------------------------------------------------
+
+
+def cmd_agent(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from meshnet.agent import Agent
+    from meshnet.config import load_config
+    from meshnet.logs import setup_logging
+
+    overrides = {
+        "node": args.node, "bind": args.bind, "advertise": args.advertise,
+        "join": args.join, "api": args.api, "encrypt_key": args.encrypt_key, "lb": args.lb,
+        "runtime": args.runtime, "metrics": args.metrics, "gossip_preset": args.gossip_preset,
+        "underlay_mtu": args.underlay_mtu, "log_level": args.log_level,
+        "dns_upstreams": args.dns_upstream, "state_dir": args.state_dir,
+        "netns_prefix": args.netns_prefix,
+    }
+    config = load_config(args.config, overrides)
+    setup_logging(config.node_name, config.log_level)
+    asyncio.run(Agent(config).run())
+
+
+def cmd_cleanup(args: argparse.Namespace) -> None:
+    from meshnet.cleanup import cleanup_host
+
+    removed = cleanup_host()
+    _emit(args, removed, lambda d: "\n".join(f"removed {k}: {', '.join(v)}" for k, v in d.items()
+                                             if v) or "nothing to remove")
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> None:
+    from meshnet.keys import generate_key
+
+    print(generate_key())
+
+
+def cmd_lab(args: argparse.Namespace) -> None:
+    from meshnet.lab import cli as labcli
+
+    labcli.dispatch(args)
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--api", metavar="SOCKET", help="agent API socket (env MESHNET_API)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _Parser(prog="meshnet", description="meshnet: container network data plane")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("agent", help="run the per-host agent")
+    a.add_argument("--config", metavar="FILE", help="TOML config (default /etc/meshnet/config.toml)")
+    a.add_argument("--node", metavar="NAME")
+    a.add_argument("--bind", metavar="ADDR[:PORT]")
+    a.add_argument("--advertise", metavar="ADDR")
+    a.add_argument("--join", metavar="ADDR[:PORT]", action="append")
+    a.add_argument("--api", metavar="SOCKET")
+    a.add_argument("--encrypt-key", metavar="BASE64")
+    a.add_argument("--lb", choices=("auto", "ipvs", "iptables"))
+    a.add_argument("--runtime", choices=("netns", "docker"))
+    a.add_argument("--metrics", metavar="ADDR:PORT")
+    a.add_argument("--gossip-preset", choices=("lan", "fast"))
+    a.add_argument("--underlay-mtu", type=int, metavar="N")
+    a.add_argument("--dns-upstream", metavar="ADDR[:PORT]", action="append")
+    a.add_argument("--state-dir", metavar="DIR")
+    a.add_argument("--netns-prefix", metavar="PREFIX", help="prefix of namespaces it creates")
+    a.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    a.set_defaults(func=cmd_agent)
+
+    sub.add_parser("status", parents=[common], help="this agent's state").set_defaults(
+        func=cmd_status)
+    sub.add_parser("members", parents=[common], help="cluster members").set_defaults(
+        func=cmd_members)
+
+    net = sub.add_parser("network", help="overlay networks").add_subparsers(
+        dest="network_cmd", required=True, parser_class=_Parser)
+    nc = net.add_parser("create", parents=[common], help="create an overlay network")
+    nc.add_argument("name")
+    nc.add_argument("--subnet", required=True, metavar="CIDR")
+    nc.add_argument("--vni", type=int, metavar="N")
+    nc.add_argument("--mtu", type=int, metavar="N")
+    nc.add_argument("--internal", action="store_true")
+    nc.set_defaults(func=cmd_network_create)
+    net.add_parser("ls", parents=[common], help="list networks").set_defaults(func=cmd_network_ls)
+    nr = net.add_parser("rm", parents=[common], help="remove a network")
+    nr.add_argument("name")
+    nr.set_defaults(func=cmd_network_rm)
+
+    c = sub.add_parser("cleanup", parents=[common],
+                       help="remove every kernel object meshnet owns on this host")
+    c.set_defaults(func=cmd_cleanup)
+
+    keys = sub.add_parser("keys", help="gossip encryption keys").add_subparsers(
+        dest="keys_cmd", required=True, parser_class=_Parser)
+    keys.add_parser("generate", help="print a new key (as `serf keygen`)").set_defaults(
+        func=cmd_keys_generate)
+
+    from meshnet.lab.cli import add_lab_parser
+
+    add_lab_parser(sub, common)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] | None = None
+    if "--" in argv:  # everything after the first "--" is a command to run (lab exec/run)
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
+    if rest is not None:
+        if not hasattr(args, "command_args"):
+            parser.error("unexpected '--'")
+        args.command_args = rest
+    try:
+        args.func(args)
+    except UserError as exc:
+        sys.stderr.write(f"meshnet: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

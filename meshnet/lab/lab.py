@@ -1,0 +1,261 @@
+"""Build, inspect and tear down a lab (see the package docstring for the layout)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from meshnet import netns
+from meshnet.errors import Conflict, NotFound, UserError
+from meshnet.lab.topology import RUN_DIR, UNDERLAY, LabSpec, check_lab_name
+from meshnet.model import check_name
+
+log = logging.getLogger("meshnet.lab")
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Lab:
+    spec: LabSpec
+
+    # --- loading ------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name: str) -> Lab:
+        check_lab_name(name)
+        path = RUN_DIR / name / "lab.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no lab named {name} is up (start one with 'meshnet lab up')") from None
+        except ValueError:
+            raise UserError(f"lab {name}: {path} is corrupt; 'meshnet lab down --name {name}'") from None
+        return cls(LabSpec(**data))
+
+    @staticmethod
+    def names() -> list[str]:
+        if not RUN_DIR.is_dir():
+            return []
+        return sorted(p.parent.name for p in RUN_DIR.glob("*/lab.json"))
+
+    def check_host(self, host: str) -> str:
+        if host not in self.spec.host_names:
+            raise NotFound(
+                f"lab {self.spec.name} has no host {host!r} (hosts: "
+                f"{', '.join(self.spec.host_names)})"
+            )
+        return host
+
+    # --- up -----------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet, agent_args: Sequence[str] = ()) -> None:
+        spec = self.spec
+        if (spec.state_dir / "lab.json").exists() or netns.exists(spec.underlay_ns):
+            raise Conflict(f"lab {spec.name} is already up ('meshnet lab down --name "
+                           f"{spec.name}' first)")
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        (spec.state_dir / "lab.json").write_text(json.dumps(spec.to_dict()))
+        try:
+            progress(f"underlay {UNDERLAY} (MTU {spec.underlay_mtu}) in netns {spec.underlay_ns}")
+            self._build_underlay()
+            for host in spec.host_names:
+                progress(f"host {host}: netns {spec.host_ns(host)}, {spec.host_addr(host)}")
+                self._build_host(host)
+            for host in spec.host_names:
+                self._start_agent(host, agent_args)
+            for host in spec.host_names:
+                self._wait_agent(host)
+                progress(f"host {host}: agent up, API {spec.api_socket(host)}")
+        except BaseException:
+            self.down()
+            raise
+
+    def _build_underlay(self) -> None:
+        spec = self.spec
+        netns.create(spec.underlay_ns)
+        with IPRoute(netns=spec.underlay_ns) as ip:
+            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+            ip.link("add", ifname="br0", kind="bridge", mtu=spec.underlay_mtu)
+            ip.link("set", index=ip.link_lookup(ifname="br0")[0], state="up")
+
+    def _build_host(self, host: str) -> None:
+        spec = self.spec
+        ns = spec.host_ns(host)
+        netns.create(ns)
+        with IPRoute(netns=spec.underlay_ns) as ul:
+            ul.link("add", ifname=host, kind="veth", mtu=spec.underlay_mtu,
+                    peer={"ifname": "eth0", "net_ns_fd": ns, "mtu": spec.underlay_mtu})
+            idx = ul.link_lookup(ifname=host)[0]
+            ul.link("set", index=idx, master=ul.link_lookup(ifname="br0")[0], state="up")
+        with IPRoute(netns=ns) as ip:
+            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+            eth0 = ip.link_lookup(ifname="eth0")[0]
+            ip.addr("add", index=eth0, address=spec.host_addr(host),
+                    prefixlen=UNDERLAY.prefixlen)
+            ip.link("set", index=eth0, state="up")
+
+    def agent_command(self, host: str, extra: Sequence[str] = ()) -> list[str]:
+        spec = self.spec
+        cmd = [
+            sys.executable, "-m", "meshnet", "agent",
+            "--node", host,
+            "--bind", spec.host_addr(host),
+            "--api", spec.api_socket(host),
+            "--gossip-preset", "fast",
+            "--state-dir", str(spec.state_dir / host),
+            "--underlay-mtu", str(spec.underlay_mtu),
+            "--netns-prefix", f"{spec.host_ns(host)}-",
+        ]
+        first = spec.host_names[0]
+        if host != first:
+            cmd += ["--join", spec.host_addr(first)]
+        return cmd + list(extra)
+
+    def _start_agent(self, host: str, extra: Sequence[str] = ()) -> int:
+        spec = self.spec
+        sock = Path(spec.api_socket(host))
+        sock.unlink(missing_ok=True)
+        logf = open(spec.state_dir / f"{host}.log", "ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", spec.host_ns(host), *self.agent_command(host, extra)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+        )
+        logf.close()
+        (spec.state_dir / f"{host}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def _wait_agent(self, host: str, timeout: float = 20.0) -> None:
+        from meshnet.api.client import ApiClient
+
+        client = ApiClient(self.spec.api_socket(host), timeout=2.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.get("/v1/status")
+                return
+            except UserError:
+                if time.monotonic() > deadline or not self.agent_running(host):
+                    tail = self.log_tail(host)
+                    raise UserError(f"agent on {host} did not come up: {tail}") from None
+                time.sleep(0.05)
+
+    def agent_pid(self, host: str) -> int | None:
+        try:
+            return int((self.spec.state_dir / f"{host}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def agent_running(self, host: str) -> bool:
+        pid = self.agent_pid(host)
+        return pid is not None and netns._alive(pid)
+
+    def log_tail(self, host: str) -> str:
+        try:
+            lines = (self.spec.state_dir / f"{host}.log").read_text().strip().splitlines()
+        except FileNotFoundError:
+            return "no log"
+        return lines[-1] if lines else "empty log"
+
+    def restart_agent(self, host: str, extra: Sequence[str] = ()) -> None:
+        """Start the host's agent again (after a crash or a kill) and wait for its API."""
+        self.check_host(host)
+        if self.agent_running(host):
+            raise Conflict(f"agent on {host} is running")
+        self._start_agent(host, extra)
+        self._wait_agent(host)
+
+    # --- containers ---------------------------------------------------------------
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for path in sorted(self.spec.state_dir.glob("ctr-*.json")):
+            try:
+                out[path.stem[4:]] = json.loads(path.read_text())
+            except ValueError:
+                continue
+        return out
+
+    def run(self, host: str, name: str, command: Sequence[str],
+            attach: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start COMMAND in a new namespace L-NAME on HOST, attached through HOST's agent."""
+        self.check_host(host)
+        check_name(name, "container name")
+        if not command:
+            raise UserError("nothing to run: give a command after --")
+        ns = self.spec.container_ns(name)
+        if netns.exists(ns) or name in self.containers():
+            raise Conflict(f"container {name} already exists in lab {self.spec.name}")
+        netns.create(ns)
+        try:
+            with IPRoute(netns=ns) as ip:
+                ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+            endpoint = None
+            if attach is not None:
+                from meshnet.api.client import ApiClient
+
+                endpoint = ApiClient(self.spec.api_socket(host)).post(
+                    "/v1/endpoints", {"netns": ns, **attach})
+            logf = open(self.spec.state_dir / f"{name}.log", "ab")
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *command], stdin=subprocess.DEVNULL,
+                stdout=logf, stderr=logf, start_new_session=True,
+            )
+            logf.close()
+        except BaseException:
+            netns.remove(ns)
+            raise
+        record = {"name": name, "host": host, "netns": ns, "pid": proc.pid,
+                  "command": list(command), "endpoint": endpoint}
+        (self.spec.state_dir / f"ctr-{name}.json").write_text(json.dumps(record))
+        return record
+
+    # --- down ---------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove every namespace, link and process of this lab. Safe to repeat."""
+        spec = self.spec
+        removed = []
+        pids = [p for p in (self.agent_pid(h) for h in spec.host_names) if p]
+        netns.kill_pids(pids, grace=3.0)
+        names = [n for n in netns.list_netns() if n.startswith(spec.ns_prefix)]
+        names += [c["netns"] for c in self.containers().values() if "netns" in c]
+        # containers first, then agent sandboxes, hosts, and the underlay last
+        names = sorted(set(names), key=lambda n: (n.startswith(spec.ns_prefix),
+                                                  n == spec.underlay_ns, n))
+        for name in names:
+            if netns.remove(name):
+                removed.append(name)
+        shutil.rmtree(spec.state_dir, ignore_errors=True)
+        return removed
+
+    # --- ls -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            **spec.to_dict(),
+            "hosts": [
+                {"name": h, "address": spec.host_addr(h), "netns": spec.host_ns(h),
+                 "api": spec.api_socket(h), "agent": "up" if self.agent_running(h) else "down"}
+                for h in spec.host_names
+            ],
+            "containers": [
+                {"name": n, "host": c.get("host"), "netns": c.get("netns"),
+                 "running": netns._alive(c["pid"]) if c.get("pid") else False}
+                for n, c in self.containers().items()
+            ],
+        }

@@ -1,0 +1,103 @@
+"""Named network namespaces (``ip netns`` compatible, under /run/netns) via pyroute2.
+
+Small helpers shared by the lab, the overlay sandboxes and cleanup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+
+from pyroute2 import netns as _netns
+
+NETNS_DIR = "/run/netns"
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(_netns.listnetns())
+    except FileNotFoundError:
+        return []
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+def create(name: str) -> None:
+    if not exists(name):
+        _netns.create(name)
+
+
+def pids_in(name: str) -> list[int]:
+    """Processes whose network namespace is the named one (as `ip netns pids`)."""
+    try:
+        st = os.stat(os.path.join(NETNS_DIR, name))
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            pst = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (pst.st_ino, pst.st_dev) == (st.st_ino, st.st_dev):
+            pids.append(int(entry))
+    return pids
+
+
+def kill_pids(pids: Iterable[int], grace: float = 3.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    pids = [p for p in pids if p != os.getpid()]
+    for p in pids:
+        _signal(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        if pids:
+            time.sleep(0.05)
+    for p in pids:
+        _signal(p, signal.SIGKILL)
+
+
+def remove(name: str, kill: bool = True) -> bool:
+    """Kill every process inside, then delete the namespace. True if it existed."""
+    if not exists(name):
+        return False
+    if kill:
+        kill_pids(pids_in(name), grace=2.0)
+    try:
+        _netns.remove(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                return False
+    except (OSError, IndexError):
+        return False
+    return True

@@ -1,0 +1,120 @@
+"""The agent's API over a real unix socket, in-process (no kernel objects involved)."""
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from meshnet.agent import Agent, pick_vni
+from meshnet.api.client import ApiClient
+from meshnet.api.server import ApiServer
+from meshnet.config import AgentConfig
+from meshnet.errors import UserError
+
+
+@pytest.fixture
+def api(tmp_path):
+    sock = str(tmp_path / "api.sock")
+    loop = asyncio.new_event_loop()
+    agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock))
+    server = ApiServer(agent, sock)
+    loop.run_until_complete(server.start())
+    client = ApiClient(sock)
+
+    def call(method, url, body=None):
+        fut = loop.run_in_executor(None, client.request, method, url, body)
+        return loop.run_until_complete(fut)
+
+    call.loop = loop
+    yield call, sock, agent
+    loop.run_until_complete(server.stop())
+    loop.close()
+
+
+def test_socket_is_root_only(api):
+    _, sock, _ = api
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+
+
+def test_status_and_members(api):
+    call, _, _ = api
+    st = call("GET", "/v1/status")
+    assert st["node"] == "t1" and st["state"] == "up" and st["networks"] == 0
+    (me,) = call("GET", "/v1/members")
+    assert me["name"] == "t1" and me["state"] == "alive"
+
+
+def test_network_lifecycle_and_errors_change_nothing(api):
+    call, _, agent = api
+    net = call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    assert net["vni"] >= 4096 and net["subnet"] == "10.1.0.0/24"
+    bad = [
+        ({"name": "x", "subnet": "10.0.0.0/33"}, "subnet"),
+        ({"name": "app", "subnet": "10.2.0.0/24"}, "already exists"),
+        ({"name": "y", "subnet": "10.2.0.0/24", "vni": net["vni"]}, "already used"),
+        ({"name": "y", "subnet": "10.2.0.0/24", "vni": 0}, "VNI"),
+        ({"name": "y", "subnet": "10.2.0.0/24", "colour": "red"}, "unknown"),
+        ({"name": "y"}, "needs"),
+    ]
+    for body, needle in bad:
+        with pytest.raises(UserError, match=needle):
+            call("POST", "/v1/networks", body)
+    assert [n["name"] for n in call("GET", "/v1/networks")] == ["app"]
+    with pytest.raises(UserError, match="no network"):
+        call("DELETE", "/v1/networks/nope")
+    call("DELETE", "/v1/networks/app")
+    assert call("GET", "/v1/networks") == []
+
+
+def test_same_subnet_allowed_in_two_networks(api):
+    call, _, _ = api
+    call("POST", "/v1/networks", {"name": "a", "subnet": "10.9.0.0/24"})
+    call("POST", "/v1/networks", {"name": "b", "subnet": "10.9.0.0/24"})
+    assert len(call("GET", "/v1/networks")) == 2
+
+
+def test_pick_vni_deterministic_and_avoids_taken():
+    v = pick_vni("app", set())
+    assert v == pick_vni("app", set()) and 4096 <= v <= 16_777_215
+    assert pick_vni("app", {v}) != v
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "meshnet", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def test_cli_against_agent(api):
+    call, sock, _ = api
+    loop = call.loop
+
+    def cli(*args):
+        fut = loop.run_in_executor(None, lambda: run_cli(*args, "--api", sock))
+        return loop.run_until_complete(fut)
+
+    r = cli("network", "create", "app", "--subnet", "10.1.0.0/24", "--vni", "4242")
+    assert r.returncode == 0 and "vni 4242" in r.stdout
+    r = cli("network", "ls")
+    assert "app" in r.stdout and "4242" in r.stdout
+    r = cli("network", "create", "app", "--subnet", "10.1.0.0/24")
+    assert r.returncode == 2 and r.stderr.strip() == "meshnet: error: network app already exists"
+    r = cli("members", "--json")
+    assert r.returncode == 0 and '"t1"' in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["network", "create", "x", "--subnet", "10.0.0.0/33"], "subnet"),
+    (["network", "create", "x", "--subnet", "10.0.0.0/24", "--vni", "0"], "VNI"),
+    (["status", "--api", "/nonexistent/api.sock"], "no agent"),
+    (["bogus"], "invalid choice"),
+    (["agent", "--config", "/nonexistent.toml"], "does not exist"),
+    (["lab", "exec", "--name", "BAD", "h1", "--", "true"], "lab name"),
+])
+def test_cli_user_errors_are_one_line_exit_2(args, needle):
+    r = run_cli(*args, env={"MESHNET_API": "/nonexistent/api.sock"})
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr

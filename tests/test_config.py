@@ -1,0 +1,45 @@
+import pytest
+
+from meshnet.config import AgentConfig, load_config, parse_hostport
+from meshnet.errors import ConfigError
+
+
+def test_file_then_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('node = "a"\nbind = "10.0.0.1:8000"\njoin = ["10.0.0.2"]\nencrypt-key = ""\n'
+                 'gossip_preset = "fast"\n')
+    cfg = load_config(f, {"node": "b", "lb": None})
+    assert cfg.node == "b" and cfg.bind == "10.0.0.1" and cfg.bind_port == 8000
+    assert cfg.join == ("10.0.0.2",) and cfg.gossip_preset == "fast"
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('node = 5\n', "string"),
+    ('join = "x"\n', "join"),
+    ('underlay-mtu = "big"\n', "whole number"),
+    ('colour = "red"\n', "unknown key"),
+    ('lb = "magic"\n', "lb"),
+    ('bind = "not-an-ip"\n', "bind"),
+    ('node = \n', "config file"),
+    ('encrypt-key = "abc"\n', "encrypt key"),
+    ('metrics = "127.0.0.1"\n', "ADDR:PORT"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, body, needle):
+    f = tmp_path / "c.toml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(f, {})
+
+
+def test_missing_file_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", {})
+
+
+def test_defaults_and_hostport():
+    cfg = AgentConfig(bind="192.0.2.9")
+    assert cfg.advertise_addr == "192.0.2.9" and cfg.bind_port == 7946
+    assert parse_hostport("[::1]:53", 7, "x") == ("::1", 53)
+    assert parse_hostport("10.0.0.1", 7, "x") == ("10.0.0.1", 7)
+    with pytest.raises(ConfigError):
+        parse_hostport("10.0.0.1:99999", 7, "x")
