@@ -5,8 +5,11 @@ Small helpers shared by the lab, the overlay sandboxes and cleanup.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 
@@ -27,8 +30,41 @@ def exists(name: str) -> bool:
 
 
 def create(name: str) -> None:
-    if not exists(name):
-        _netns.create(name)
+    """Create a named namespace (as `ip netns add`), unless it exists.
+
+    A short-lived thread unshares its network namespace and bind-mounts it under
+    /run/netns; the rest of the process never changes namespace. (pyroute2's own
+    ``netns.create`` forks a helper process, which is ~4x slower and forks an asyncio
+    process.)
+    """
+    if exists(name):
+        return
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            if _libc().unshare(_CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"unshare failed for netns {name}")
+            _netns.attach(name, "thread-self")
+        except BaseException as exc:  # reported in the calling thread
+            errors.append(exc)
+
+    t = threading.Thread(target=work, name=f"netns-create-{name}")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+_CLONE_NEWNET = 0x40000000
+_LIBC = None
+
+
+def _libc():  # -> ctypes.CDLL
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _LIBC
 
 
 def pids_in(name: str) -> list[int]:
@@ -101,3 +137,21 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return True
+
+
+def ipr(name: str | None = None):  # -> IPRoute
+    """An IPRoute socket inside the named namespace (None: the current one).
+
+    The socket is opened after a setns of this thread and keeps its namespace after the
+    thread switches back; this is ~3x faster than pyroute2's own ``netns=`` argument,
+    which forks a helper.
+    """
+    from pyroute2 import IPRoute
+
+    if name is None:
+        return IPRoute()
+    _netns.pushns(name)
+    try:
+        return IPRoute()
+    finally:
+        _netns.popns()

@@ -72,9 +72,10 @@ class Lab:
         try:
             progress(f"underlay {UNDERLAY} (MTU {spec.underlay_mtu}) in netns {spec.underlay_ns}")
             self._build_underlay()
-            for host in spec.host_names:
-                progress(f"host {host}: netns {spec.host_ns(host)}, {spec.host_addr(host)}")
-                self._build_host(host)
+            with netns.ipr(spec.underlay_ns) as ul:
+                for host in spec.host_names:
+                    progress(f"host {host}: netns {spec.host_ns(host)}, {spec.host_addr(host)}")
+                    self._build_host(host, ul)
             for host in spec.host_names:
                 self._start_agent(host, agent_args)
             for host in spec.host_names:
@@ -87,22 +88,28 @@ class Lab:
     def _build_underlay(self) -> None:
         spec = self.spec
         netns.create(spec.underlay_ns)
-        with IPRoute(netns=spec.underlay_ns) as ip:
+        with netns.ipr(spec.underlay_ns) as ip:
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
             ip.link("add", ifname="br0", kind="bridge", mtu=spec.underlay_mtu)
             ip.link("set", index=ip.link_lookup(ifname="br0")[0], state="up")
 
-    def _build_host(self, host: str) -> None:
+    def _build_host(self, host: str, ul: IPRoute | None = None) -> None:
         spec = self.spec
         ns = spec.host_ns(host)
         netns.create(ns)
-        with IPRoute(netns=spec.underlay_ns) as ul:
-            ul.link("add", ifname=host, kind="veth", mtu=spec.underlay_mtu,
-                    peer={"ifname": "eth0", "net_ns_fd": ns, "mtu": spec.underlay_mtu})
-            idx = ul.link_lookup(ifname=host)[0]
-            ul.link("set", index=idx, master=ul.link_lookup(ifname="br0")[0], state="up")
-        with IPRoute(netns=ns) as ip:
-            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+        with netns.ipr(ns) as ip:
+            ip.link("add", ifname="eth0", kind="veth", mtu=spec.underlay_mtu,
+                    peer={"ifname": host, "net_ns_fd": spec.underlay_ns,
+                          "mtu": spec.underlay_mtu})
+            own = ul is None
+            ul = ul or netns.ipr(spec.underlay_ns)
+            try:
+                idx = ul.link_lookup(ifname=host)[0]
+                ul.link("set", index=idx, master=ul.link_lookup(ifname="br0")[0], state="up")
+            finally:
+                if own:
+                    ul.close()
+            ip.link("set", index=1, state="up")  # lo is always index 1
             eth0 = ip.link_lookup(ifname="eth0")[0]
             ip.addr("add", index=eth0, address=spec.host_addr(host),
                     prefixlen=UNDERLAY.prefixlen)

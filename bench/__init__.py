@@ -1,0 +1,1 @@
+"""Benchmarks: each measures meshnet and its anchor side by side in one run (a ratio)."""

@@ -1,0 +1,93 @@
+"""Run the benchmarks and rewrite docs/benchmarks.md.
+
+    python -m bench.run            # every bench/bench_*.py
+    python -m bench.run lab gossip  # only these; other sections keep their last figures
+
+Results are also kept in docs/benchmarks.json so that a partial run keeps the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "cpus": str(os.cpu_count()), "cpu": cpu,
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def available() -> list[str]:
+    return sorted(p.stem[6:] for p in (ROOT / "bench").glob("bench_*.py"))
+
+
+def render(results: dict[str, dict]) -> str:
+    out = ["# Benchmarks", "",
+           "Every figure below was produced by `make bench` (or `python -m bench.run NAME`), "
+           "which rewrites this file. Each benchmark measures meshnet and its anchor side by "
+           "side in the same run; the ratio is meshnet / anchor.", ""]
+    for name in sorted(results):
+        entry = results[name]
+        m = entry["machine"]
+        out += [f"## {name}", "",
+                f"Command: `{entry['command']}`  ",
+                f"Machine: {m['cpus']} CPUs ({m['cpu']}), Linux {m['kernel']}, "
+                f"Python {m['python']}, run {m['date']}", "",
+                "| metric | meshnet | anchor | anchor value | ratio | goal |",
+                "|---|---|---|---|---|---|"]
+        for r in entry["results"]:
+            out.append(f"| {r['metric']} | {r['meshnet']:.4g} {r['unit']} | {r['anchor_name']} | "
+                       f"{r['anchor']:.4g} {r['unit']} | {r['ratio']:.3g} | {r['goal']} |")
+        notes = [r["notes"] for r in entry["results"] if r.get("notes")]
+        if notes:
+            out += [""] + [f"- {n}" for n in notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    names = argv or available()
+    unknown = set(names) - set(available())
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; have: {', '.join(available())}",
+              file=sys.stderr)
+        return 2
+    store = DOCS / "benchmarks.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        mod = importlib.import_module(f"bench.bench_{name}")
+        rs = mod.run()
+        for r in rs:
+            print(f"   {r.metric}: meshnet {r.meshnet:.4g} {r.unit}, {r.anchor_name} "
+                  f"{r.anchor:.4g} {r.unit}, ratio {r.ratio:.3g}", flush=True)
+        results[name] = {"command": f".venv/bin/python -m bench.run {name}",
+                         "machine": machine(), "results": [r.to_dict() for r in rs]}
+    DOCS.mkdir(exist_ok=True)
+    store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (DOCS / "benchmarks.md").write_text(render(results))
+    subprocess.run([sys.executable, "-m", "meshnet.testing.leftovers", "snapshot"],
+                   capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
