@@ -237,7 +237,8 @@ class Endpoint(_Model):
     name: str
     service: str = ""
     aliases: tuple[str, ...] = ()
-    netns: str = ""
+    netns: str = ""  #: the container's namespace (name or path), meaningful on its host
+    ifname: str = ""  #: the interface name inside the container (eth0, eth1, ...)
 
     def __post_init__(self) -> None:
         check_name(self.network, "network name")
@@ -252,6 +253,8 @@ class Endpoint(_Model):
         self._set("aliases", tuple(check_name(a, "alias") for a in self.aliases))
         if not isinstance(self.netns, str):
             raise ModelError(f"invalid netns {self.netns!r}")
+        if not isinstance(self.ifname, str) or len(self.ifname) > 15 or "/" in self.ifname:
+            raise ModelError(f"invalid interface name {self.ifname!r}")
 
     @property
     def key(self) -> str:

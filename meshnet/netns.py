@@ -139,19 +139,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def ipr(name: str | None = None):  # -> IPRoute
-    """An IPRoute socket inside the named namespace (None: the current one).
+def path_of(name_or_path: str) -> str:
+    """A namespace given as an `ip netns` name or as a path such as /proc/PID/ns/net."""
+    return name_or_path if name_or_path.startswith("/") else os.path.join(NETNS_DIR, name_or_path)
 
-    The socket is opened after a setns of this thread and keeps its namespace after the
-    thread switches back; this is ~3x faster than pyroute2's own ``netns=`` argument,
-    which forks a helper.
+
+def ipr(name: str | None = None):  # -> IPRoute
+    """An IPRoute socket inside the namespace ``name`` (a name or a path; None: current).
+
+    This thread joins the namespace (setns), opens the socket, and returns to where it was;
+    the socket keeps its namespace. Thread-safe (setns of a network namespace is
+    per-thread) and ~3x faster than pyroute2's ``netns=`` argument, which forks a helper.
     """
     from pyroute2 import IPRoute
 
     if name is None:
         return IPRoute()
-    _netns.pushns(name)
+    libc = _libc()
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        return IPRoute()
+        target = os.open(path_of(name), os.O_RDONLY)
+    except FileNotFoundError:
+        os.close(here)
+        raise
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+        try:
+            return IPRoute()
+        finally:
+            if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
+                raise OSError(ctypes.get_errno(), "setns back failed")
     finally:
-        _netns.popns()
+        os.close(target)
+        os.close(here)

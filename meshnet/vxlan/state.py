@@ -1,0 +1,100 @@
+"""Desired and observed overlay state as plain data, and ``desired()`` (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshnet.model import Endpoint, IPAddress, Network
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD_V4 = 50  # inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8
+VXLAN_OVERHEAD_V6 = 70
+BRIDGE = "br0"
+
+
+def sandbox_ns(prefix: str, vni: int) -> str:
+    return f"{prefix}ov-{vni:06x}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"mn-vx{vni:06x}"
+
+
+def port_name(endpoint_key: str) -> str:
+    return f"ve{zlib.crc32(endpoint_key.encode()):08x}"
+
+
+def mac_for(ip: IPAddress) -> str:
+    """Deterministic MAC: 02:42 + the IPv4 address (as Docker), or a hash for IPv6."""
+    if ip.version == 4:
+        raw = b"\x02\x42" + ip.packed
+    else:
+        raw = b"\x02\x43" + zlib.crc32(ip.packed).to_bytes(4, "big")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def overlay_mtu(network: Network, underlay_mtu: int, underlay_v6: bool = False) -> int:
+    if network.mtu:
+        return network.mtu
+    return underlay_mtu - (VXLAN_OVERHEAD_V6 if underlay_v6 else VXLAN_OVERHEAD_V4)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    ns: str
+    vni: int
+    mtu: int
+    bridge_addr: str  #: "10.0.0.1/24"
+    local: str  #: this host's VTEP address
+
+
+@dataclass(frozen=True)
+class Port:
+    ns: str  #: the sandbox
+    name: str  #: host side, on the sandbox bridge
+    netns: str  #: the container's namespace (name or path)
+    ifname: str  #: inside the container
+    addr: str  #: "10.0.0.5/24"
+    mac: str
+    mtu: int
+
+
+@dataclass
+class Overlay:
+    """Everything the vxlan reconciler owns on one host."""
+
+    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    ports: dict[tuple[str, str], Port] = field(default_factory=dict)
+    fdb: dict[tuple[str, str], str] = field(default_factory=dict)  #: (ns, mac) -> vtep
+    neigh: dict[tuple[str, str], str] = field(default_factory=dict)  #: (ns, ip) -> mac
+
+
+def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endpoint],
+            vteps: Mapping[str, str], underlay_mtu: int, prefix: str) -> Overlay:
+    """The overlay this host should have, from the full tables."""
+    out = Overlay()
+    eps = list(endpoints)
+    local_vtep = vteps.get(node)
+    if local_vtep is None:
+        return out
+    local = [e for e in eps if e.host == node and e.network in networks and e.netns]
+    for ep in local:
+        net = networks[ep.network]
+        ns = sandbox_ns(prefix, net.vni)
+        mtu = overlay_mtu(net, underlay_mtu, ipaddress.ip_address(local_vtep).version == 6)
+        plen = net.subnet.prefixlen
+        out.sandboxes[ns] = Sandbox(ns, net.vni, mtu, f"{net.gateway}/{plen}", local_vtep)
+        name = port_name(ep.key)
+        out.ports[(ns, name)] = Port(ns, name, ep.netns, ep.ifname or "eth0",
+                                     f"{ep.ip}/{plen}", ep.mac, mtu)
+    local_nets = {e.network for e in local}
+    for ep in eps:
+        if ep.host == node or ep.network not in local_nets or ep.host not in vteps:
+            continue
+        ns = sandbox_ns(prefix, networks[ep.network].vni)
+        out.fdb[(ns, ep.mac)] = vteps[ep.host]
+        out.neigh[(ns, str(ep.ip))] = ep.mac
+    return out
