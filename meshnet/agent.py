@@ -12,24 +12,33 @@ keep the data plane in place for the next start).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from meshnet import __version__
 from meshnet.config import AgentConfig
 from meshnet.errors import Conflict, NotFound, UserError
-from meshnet.model import VNI_MAX, Network
+from meshnet.model import VNI_MAX, Endpoint, Network, Node
 from meshnet.store import LocalTables, Store
+from meshnet.syncer import SyncRunner
+from meshnet.vxlan.ipam import allocate, check_static
+from meshnet.vxlan.kernel import OverlayKernel
+from meshnet.vxlan.reconciler import OverlayKernelPort, OverlayReconciler
+from meshnet.vxlan.state import mac_for
 
 log = logging.getLogger("meshnet.agent")
 
 VNI_AUTO_MIN = 4096  # as Docker: keep clear of 802.1Q VLAN IDs
 NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal"}
+ATTACH_FIELDS = {"netns", "network", "name", "service", "aliases", "ip"}
 
 
 def pick_vni(name: str, taken: set[int]) -> int:
@@ -47,16 +56,55 @@ def pick_vni(name: str, taken: set[int]) -> int:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time,
+                 overlay_kernel: OverlayKernelPort | None = None) -> None:
         self.config = config
         self.node = config.node_name
         self.clock = clock
         self.started = clock()
         self.store = Store(LocalTables(self.node))
+        self.prefix = config.netns_prefix or "mn-"
+        self.vtep = config.advertise_addr
         self._stop = asyncio.Event()
         self._api = None
+        # every kernel call runs on this one thread (pyroute2 is synchronous)
+        self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.overlay_kernel = overlay_kernel or OverlayKernel(self.prefix)
+        self.overlay: OverlayReconciler | None = None
+        self.overlay_sync: SyncRunner | None = None
+        self._attach_lock = asyncio.Lock()
+        self._state_file = Path(config.state_dir) / "endpoints.json"
+
+    async def in_kernel(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._kernel_pool, fn)
 
     # --- lifecycle -----------------------------------------------------------------
+
+    async def start_dataplane(self) -> None:
+        """Publish our VTEP, restore local endpoints, start the reconcilers."""
+        mtu = self.config.underlay_mtu or await self.in_kernel(
+            lambda: self.overlay_kernel.underlay_mtu(self.vtep)) or 1500
+        self.underlay_mtu = mtu
+        self.store.put("vteps", self.node, Node(name=self.node, gossip_addr=self.vtep,
+                                                vtep_addr=self.vtep,
+                                                gossip_port=self.config.bind_port), self.clock())
+        await self._restore_endpoints()
+        self.overlay = OverlayReconciler(self.node, self.store, self.overlay_kernel, self.prefix,
+                                         mtu, self.in_kernel, self._netns_gone)
+        self.overlay_sync = SyncRunner("vxlan", self.overlay.sync, min_interval=0.02,
+                                       full_interval=10.0)
+        self.store.listeners.append(self._table_changed)
+        self.overlay_sync.start()
+        self.overlay_sync.kick(full=True)
+
+    async def stop_dataplane(self) -> None:
+        if self.overlay_sync:
+            await self.overlay_sync.stop()
+        self._kernel_pool.shutdown(wait=True)
+
+    def _table_changed(self, table: str, key: str) -> None:
+        if self.overlay_sync and table in ("networks", "endpoints", "vteps"):
+            self.overlay_sync.kick()
 
     async def run(self) -> None:
         from meshnet.api.server import ApiServer
@@ -64,21 +112,39 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        await self.start_dataplane()
         self._api = ApiServer(self, self.config.api)
         await self._api.start()
-        log.info("agent %s up (pid %d, version %s)", self.node, os.getpid(), __version__)
+        log.info("agent %s up (pid %d, version %s, vtep %s, underlay mtu %d)", self.node,
+                 os.getpid(), __version__, self.vtep, self.underlay_mtu)
         try:
             await self._stop.wait()
         finally:
             log.info("agent %s stopping", self.node)
             await self._api.stop()
+            await self.stop_dataplane()
             log.info("agent %s stopped", self.node)
 
     def stop(self) -> None:
         self._stop.set()
 
     def extra_routes(self) -> list[tuple[tuple[str, str], Callable[[Any], Awaitable[Any]]]]:
-        return []
+        async def attach(request: Any) -> Any:
+            from meshnet.api.server import read_body
+
+            return (await self.attach(await read_body(request))).to_dict()
+
+        async def detach(request: Any) -> Any:
+            q = request.query
+            return [e.to_dict() for e in await self.detach(q.get("netns", ""),
+                                                            q.get("network") or None)]
+
+        async def endpoints(request: Any) -> Any:
+            return [e.to_dict() for e in sorted(self.store.endpoints().values(),
+                                                key=lambda e: (e.network, e.ip))]
+
+        return [(("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
+                (("GET", "/v1/endpoints"), endpoints)]
 
     # --- queries ---------------------------------------------------------------------
 
@@ -97,6 +163,18 @@ class Agent:
             "networks": len(self.store.networks()),
             "endpoints": len(self.store.endpoints()),
             "services": len(self.store.services()),
+            **({"dataplane": self.dataplane_status()} if self.overlay_sync else {}),
+        }
+
+    def dataplane_status(self) -> dict[str, Any]:
+        assert self.overlay_sync is not None and self.overlay is not None
+        st = self.overlay_sync.stats
+        return {
+            "vtep": self.vtep,
+            "underlay_mtu": self.underlay_mtu,
+            "overlay": {"syncs": st.runs, "errors": st.errors, "last_error": st.last_error,
+                        "ops_applied": self.overlay.ops_applied,
+                        "last_sync_ms": round(st.last_duration * 1000, 2)},
         }
 
     def members(self) -> list[dict[str, Any]]:
@@ -138,6 +216,114 @@ class Agent:
         self.store.put("networks", net.name, net, self.clock())
         log.info("network %s created (vni %d, subnet %s)", net.name, net.vni, net.subnet)
         return net
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    def local_endpoints(self) -> list[Endpoint]:
+        return [e for e in self.store.endpoints().values() if e.host == self.node]
+
+    async def attach(self, body: dict[str, Any]) -> Endpoint:
+        unknown = set(body) - ATTACH_FIELDS
+        if unknown:
+            raise UserError(f"unknown attach field(s): {', '.join(sorted(unknown))}")
+        ns, netname = body.get("netns"), body.get("network")
+        if not isinstance(ns, str) or not ns or not isinstance(netname, str):
+            raise UserError("attach needs a netns and a network")
+        net = self.store.networks().get(netname)
+        if net is None:
+            raise NotFound(f"no network named {netname}")
+        if not self.overlay_kernel.netns_exists(ns):
+            raise NotFound(f"no network namespace {ns}")
+        name = body.get("name") or os.path.basename(ns.rstrip("/"))
+        if ns.startswith("/proc/"):
+            name = body.get("name") or f"pid{ns.split('/')[2]}"
+        async with self._attach_lock:
+            endpoints = self.store.endpoints()
+            mine = [e for e in endpoints.values() if e.host == self.node and e.netns == ns]
+            if any(e.network == netname for e in mine):
+                raise Conflict(f"{ns} is already attached to network {netname}")
+            taken = {e.ip for e in endpoints.values() if e.network == netname}
+            taken |= {s.vip for s in self.store.services().values()
+                      if s.network == netname and s.vip is not None}
+            if body.get("ip"):
+                ip = check_static(net, str(body["ip"]), taken)
+            else:
+                ip = allocate(net, taken, self.node)
+            ifname = await self.in_kernel(
+                lambda: self.overlay_kernel.free_ifname(ns, [e.ifname for e in mine]))
+            ep = Endpoint(network=netname, ip=ip, mac=mac_for(ip), host=self.node,
+                          name=name, service=body.get("service") or "",
+                          aliases=tuple(body.get("aliases") or ()), netns=ns, ifname=ifname)
+            self.store.put("endpoints", ep.key, ep, self.clock())
+            self._save_endpoints()
+            await self._settle()
+            if not self.overlay_kernel.netns_exists(ns):
+                await self._remove_endpoints([ep])
+                raise NotFound(f"network namespace {ns} disappeared during attach")
+        log.info("attached %s (%s) to %s as %s %s", name, ns, netname, ip, ifname)
+        return ep
+
+    async def detach(self, ns: str, network: str | None = None) -> list[Endpoint]:
+        if not ns:
+            raise UserError("detach needs a netns")
+        if network is not None and network not in self.store.networks():
+            raise NotFound(f"no network named {network}")
+        gone = [e for e in self.local_endpoints()
+                if e.netns == ns and (network is None or e.network == network)]
+        if not gone:
+            where = f" from network {network}" if network else ""
+            raise NotFound(f"{ns} is not attached{where} on this host")
+        async with self._attach_lock:
+            await self._remove_endpoints(gone)
+        for e in gone:
+            log.info("detached %s (%s) from %s", e.name, ns, e.network)
+        return gone
+
+    async def _remove_endpoints(self, eps: list[Endpoint]) -> None:
+        for e in eps:
+            self.store.delete("endpoints", e.key, self.clock())
+        self._save_endpoints()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        if self.overlay_sync:
+            self.overlay_sync.kick()
+            await self.overlay_sync.settled(timeout=30)
+
+    def _netns_gone(self, gone: list[str]) -> None:
+        """Containers whose namespace vanished are detached (the netns runtime's 'stop')."""
+        dead = [e for e in self.local_endpoints() if e.netns in set(gone)]
+        for e in dead:
+            log.info("namespace %s is gone: detaching %s from %s", e.netns, e.name, e.network)
+            self.store.delete("endpoints", e.key, self.clock())
+        if dead:
+            self._save_endpoints()
+
+    def _save_endpoints(self) -> None:
+        data = [e.to_dict() for e in self.local_endpoints()]
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._state_file)
+
+    async def _restore_endpoints(self) -> None:
+        """After a restart: re-publish the local endpoints whose namespace still exists."""
+        try:
+            data = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            log.warning("ignoring corrupt %s", self._state_file)
+            return
+        for raw in data:
+            try:
+                ep = Endpoint.from_dict(raw)
+            except UserError as exc:
+                log.warning("ignoring a saved endpoint: %s", exc)
+                continue
+            if ep.host == self.node and self.overlay_kernel.netns_exists(ep.netns):
+                self.store.put("endpoints", ep.key, ep, self.clock())
+                log.info("restored endpoint %s (%s) on %s", ep.name, ep.ip, ep.network)
 
     def remove_network(self, name: str) -> None:
         if name not in self.store.networks():

@@ -111,6 +111,37 @@ def cmd_network_rm(args: argparse.Namespace) -> None:
     _emit(args, data, lambda d: f"network {d['removed']} removed")
 
 
+def _endpoint_rows(eps: list[dict[str, Any]]) -> str:
+    return table(
+        [(e["name"], e["network"], e["ip"], e["mac"], e["host"], e["ifname"],
+          e["service"] or "-", ",".join(e["aliases"]) or "-") for e in eps],
+        ("NAME", "NETWORK", "IP", "MAC", "HOST", "IF", "SERVICE", "ALIASES"))
+
+
+def cmd_attach(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"netns": args.netns, "network": args.network,
+                            "aliases": args.alias or []}
+    for key in ("name", "service", "ip"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    data = _client(args).post("/v1/endpoints", body)
+    _emit(args, data, lambda e: f"attached {e['name']} to {e['network']}: {e['ifname']} "
+                                f"{e['ip']} ({e['mac']})")
+
+
+def cmd_detach(args: argparse.Namespace) -> None:
+    from urllib.parse import urlencode
+
+    q = {"netns": args.netns, **({"network": args.network} if args.network else {})}
+    data = _client(args).delete(f"/v1/endpoints?{urlencode(q)}")
+    _emit(args, data, lambda eps: "\n".join(f"detached {e['name']} from {e['network']}"
+                                            for e in eps))
+
+
+def cmd_endpoint_ls(args: argparse.Namespace) -> None:
+    _emit(args, _client(args).get("/v1/endpoints"), _endpoint_rows)
+
+
 # --- local commands ----------------------------------------------------------------------
 
 
@@ -202,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     nr = net.add_parser("rm", parents=[common], help="remove a network")
     nr.add_argument("name")
     nr.set_defaults(func=cmd_network_rm)
+
+    at = sub.add_parser("attach", parents=[common], help="attach a namespace to a network")
+    at.add_argument("netns", metavar="NETNS", help="netns name or /proc/PID/ns/net")
+    at.add_argument("--network", required=True)
+    at.add_argument("--name")
+    at.add_argument("--service")
+    at.add_argument("--alias", action="append")
+    at.add_argument("--ip")
+    at.set_defaults(func=cmd_attach)
+    dt = sub.add_parser("detach", parents=[common], help="detach a namespace")
+    dt.add_argument("netns", metavar="NETNS")
+    dt.add_argument("--network")
+    dt.set_defaults(func=cmd_detach)
+    ep = sub.add_parser("endpoint", help="endpoints (attached containers)").add_subparsers(
+        dest="endpoint_cmd", required=True, parser_class=_Parser)
+    ep.add_parser("ls", parents=[common], help="list endpoints cluster-wide").set_defaults(
+        func=cmd_endpoint_ls)
 
     c = sub.add_parser("cleanup", parents=[common],
                        help="remove every kernel object meshnet owns on this host")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from meshnet.errors import ModelError
@@ -82,13 +82,21 @@ class Store:
     def __init__(self, backend: TableBackend) -> None:
         self.backend = backend
         self.undecodable = 0
+        self.listeners: list[Callable[[str, str], None]] = []
+
+    def notify(self, table: str, key: str) -> None:
+        """Tell every listener that (table, key) changed (locally or from a peer)."""
+        for fn in self.listeners:
+            fn(table, key)
 
     def put(self, table: str, key: str, obj: _Model, now: float) -> None:
         assert isinstance(obj, TABLES[table]), (table, obj)
         self.backend.put(table, key, encode(obj), now)
+        self.notify(table, key)
 
     def delete(self, table: str, key: str, now: float) -> None:
         self.backend.delete(table, key, now)
+        self.notify(table, key)
 
     def get(self, table: str, key: str) -> _Model | None:
         raw = self.backend.get(table, key)

@@ -13,14 +13,18 @@ from meshnet.api.client import ApiClient
 from meshnet.api.server import ApiServer
 from meshnet.config import AgentConfig
 from meshnet.errors import UserError
+from meshnet.testing.fakekernel import FakeOverlayKernel
 
 
 @pytest.fixture
 def api(tmp_path):
     sock = str(tmp_path / "api.sock")
     loop = asyncio.new_event_loop()
-    agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock))
+    kernel = FakeOverlayKernel({"lab-c1", "lab-c2", "lab-c3"})
+    agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock, state_dir=str(tmp_path)),
+                  overlay_kernel=kernel)
     server = ApiServer(agent, sock)
+    loop.run_until_complete(agent.start_dataplane())
     loop.run_until_complete(server.start())
     client = ApiClient(sock)
 
@@ -31,6 +35,7 @@ def api(tmp_path):
     call.loop = loop
     yield call, sock, agent
     loop.run_until_complete(server.stop())
+    loop.run_until_complete(agent.stop_dataplane())
     loop.close()
 
 
@@ -118,3 +123,55 @@ def test_cli_user_errors_are_one_line_exit_2(args, needle):
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_attach_detach_program_the_overlay(api):
+    call, _, agent = api
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    ep = call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app", "name": "web1",
+                                        "aliases": ["www"]})
+    assert ep["ifname"] == "eth0" and ep["ip"].startswith("10.1.0.") and ep["host"] == "t1"
+    kernel = agent.overlay_kernel
+    assert len(kernel.state.sandboxes) == 1 and len(kernel.state.ports) == 1
+    (port,) = kernel.state.ports.values()
+    assert port.mtu == 1450 and port.addr == ep["ip"] + "/24" and port.mac == ep["mac"]
+    ep2 = call("POST", "/v1/endpoints", {"netns": "lab-c2", "network": "app", "ip": "10.1.0.77"})
+    assert ep2["ip"] == "10.1.0.77" and ep2["name"] == "lab-c2"
+    bad = [
+        ({"netns": "lab-c1", "network": "app"}, "already attached"),
+        ({"netns": "lab-zz", "network": "app"}, "no network namespace"),
+        ({"netns": "lab-c1", "network": "nope"}, "no network named"),
+        ({"netns": "lab-c3", "network": "app", "ip": "10.9.9.9"}, "outside"),
+        ({"netns": "lab-c3", "network": "app", "ip": "10.1.0.77"}, "in use"),
+        ({"netns": "lab-c1", "network": "app", "colour": 1}, "unknown"),
+    ]
+    before = (dict(kernel.state.ports), call("GET", "/v1/endpoints"))
+    for body, needle in bad:
+        with pytest.raises(UserError, match=needle):
+            call("POST", "/v1/endpoints", body)
+    assert (dict(kernel.state.ports), call("GET", "/v1/endpoints")) == before
+    with pytest.raises(UserError, match="in use"):
+        call("DELETE", "/v1/networks/app")
+    gone = call("DELETE", "/v1/endpoints?netns=lab-c1")
+    assert [e["name"] for e in gone] == ["web1"]
+    assert len(kernel.state.ports) == 1
+    call("DELETE", "/v1/endpoints?netns=lab-c2&network=app")
+    assert kernel.state.sandboxes == {} and call("GET", "/v1/endpoints") == []
+    with pytest.raises(UserError, match="not attached"):
+        call("DELETE", "/v1/endpoints?netns=lab-c2")
+
+
+def test_restart_restores_local_endpoints(api, tmp_path):
+    call, _, agent = api
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    ep = call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app"})
+    fresh = Agent(agent.config, overlay_kernel=agent.overlay_kernel)
+    fresh.store.put("networks", "app", agent.store.networks()["app"], 0)
+    loop = call.loop
+    loop.run_until_complete(fresh.start_dataplane())
+    try:
+        assert [e.to_dict() for e in fresh.local_endpoints()] == [ep]
+        loop.run_until_complete(fresh.overlay_sync.settled())
+        assert fresh.overlay.last_plan == []  # adopts the kernel as it is
+    finally:
+        loop.run_until_complete(fresh.stop_dataplane())

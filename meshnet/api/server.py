@@ -46,7 +46,7 @@ def _wrap(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
     return handler
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_length and request.content_length > MAX_BODY:
         raise UserError("request body too large")
     try:
@@ -81,7 +81,7 @@ def build_app(agent: Agent) -> web.Application:
         return [n.to_dict() for n in agent.list_networks()]
 
     async def network_create(request: web.Request) -> Any:
-        return agent.create_network(await _body(request)).to_dict()
+        return agent.create_network(await read_body(request)).to_dict()
 
     async def network_rm(request: web.Request) -> Any:
         agent.remove_network(request.match_info["name"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from meshnet.vxlan.kernel import NetnsGone
 from meshnet.vxlan.plan import (
     AddPort,
     CreateSandbox,
@@ -34,7 +33,23 @@ class FakeOverlayKernel:
         obs.ports = {k: Port(p.ns, p.name, "", "", "", "", 0) for k, p in obs.ports.items()}
         return obs
 
-    def apply(self, ops: Iterable[Op]) -> None:
+    def netns_exists(self, name: str) -> bool:
+        return name in self.container_netns
+
+    def free_ifname(self, name: str, also_taken: Iterable[str] = ()) -> str:
+        used = {p.ifname for p in self.state.ports.values() if p.netns == name}
+        used |= set(also_taken)
+        return next(f"eth{i}" for i in range(1000) if f"eth{i}" not in used)
+
+    def underlay_mtu(self, address: str) -> int | None:
+        return 1500
+
+    def apply(self, ops: Iterable[Op]) -> list[str]:
+        gone: list[str] = []
+        self._apply(ops, gone)
+        return gone
+
+    def _apply(self, ops: Iterable[Op], gone: list[str]) -> None:
         s = self.state
         for op in ops:
             if self.fail_on is not None and isinstance(op, self.fail_on):
@@ -51,7 +66,8 @@ class FakeOverlayKernel:
                             del table[key]
                 case AddPort(port=p):
                     if p.netns not in self.container_netns:
-                        raise NetnsGone(p.netns)
+                        gone.append(p.netns)
+                        continue
                     assert p.ns in s.sandboxes, "port before its sandbox"
                     s.ports[(p.ns, p.name)] = p
                 case DeletePort(ns=ns, name=name):

@@ -105,12 +105,36 @@ class OverlayKernel:
 
     # --- apply --------------------------------------------------------------------
 
-    def apply(self, ops: Iterable[Op]) -> None:
+    def apply(self, ops: Iterable[Op]) -> list[str]:
+        """Apply in order; returns the container namespaces found gone (their ports are
+        skipped, everything else is applied)."""
+        gone = []
         for op in ops:
             try:
                 self._apply(op)
+            except NetnsGone:
+                gone.append(op.port.netns)  # type: ignore[union-attr]
             except NetlinkError as exc:
                 raise KernelError(f"{type(op).__name__} {op}: {exc}") from exc
+        return gone
+
+    # --- container side queries -----------------------------------------------------
+
+    def netns_exists(self, name: str) -> bool:
+        return os.path.exists(netns.path_of(name))
+
+    def free_ifname(self, name: str, also_taken: Iterable[str] = ()) -> str:
+        with netns.ipr(name) as ip:
+            used = {_ifname(link) for link in ip.get_links()} | set(also_taken)
+        return next(f"eth{i}" for i in range(1000) if f"eth{i}" not in used)
+
+    def underlay_mtu(self, address: str) -> int | None:
+        """MTU of the interface holding ``address`` in the host namespace."""
+        with netns.ipr(self.host_ns) as ip:
+            for a in ip.get_addr():
+                if a.get_attr("IFA_ADDRESS") == address:
+                    return ip.get_links(a["index"])[0].get_attr("IFLA_MTU")
+        return None
 
     def _apply(self, op: Op) -> None:
         match op:
