@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnet import __version__
+from meshnet.cluster import Cluster
 from meshnet.config import AgentConfig
 from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.model import VNI_MAX, Endpoint, Network, Node
@@ -71,6 +72,8 @@ class Agent:
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.overlay_kernel = overlay_kernel or OverlayKernel(self.prefix)
         self.overlay: OverlayReconciler | None = None
+        self.cluster: Cluster | None = None
+        self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
         self._state_file = Path(config.state_dir) / "endpoints.json"
@@ -81,7 +84,12 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------
 
     async def start_dataplane(self) -> None:
-        """Publish our VTEP, restore local endpoints, start the reconcilers."""
+        """Publish our VTEP and restore local endpoints (into the tables), then start the
+        reconcilers. With gossip, ``run`` calls the two halves around the cluster join."""
+        await self.prepare_dataplane()
+        self.start_reconcilers()
+
+    async def prepare_dataplane(self) -> None:
         mtu = self.config.underlay_mtu or await self.in_kernel(
             lambda: self.overlay_kernel.underlay_mtu(self.vtep)) or 1500
         self.underlay_mtu = mtu
@@ -89,8 +97,10 @@ class Agent:
                                                 vtep_addr=self.vtep,
                                                 gossip_port=self.config.bind_port), self.clock())
         await self._restore_endpoints()
+
+    def start_reconcilers(self) -> None:
         self.overlay = OverlayReconciler(self.node, self.store, self.overlay_kernel, self.prefix,
-                                         mtu, self.in_kernel, self._netns_gone)
+                                         self.underlay_mtu, self.in_kernel, self._netns_gone)
         self.overlay_sync = SyncRunner("vxlan", self.overlay.sync, min_interval=0.02,
                                        full_interval=10.0)
         self.store.listeners.append(self._table_changed)
@@ -112,18 +122,31 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        await self.start_dataplane()
+        self.cluster = Cluster(self.config, on_change=self.store.notify)
+        self.store.backend = self.cluster
+        await self.cluster.start()
+        await self.prepare_dataplane()
         self._api = ApiServer(self, self.config.api)
         await self._api.start()
         log.info("agent %s up (pid %d, version %s, vtep %s, underlay mtu %d)", self.node,
                  os.getpid(), __version__, self.vtep, self.underlay_mtu)
         try:
-            await self._stop.wait()
+            # program the kernel only from a full view of the cluster (after the join)
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([stop, asyncio.ensure_future(self.cluster.synced.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not self._stop.is_set():
+                self.start_reconcilers()
+                log.info("cluster view synced; data plane running")
+            await stop
         finally:
             log.info("agent %s stopping", self.node)
             await self._api.stop()
             await self.stop_dataplane()
-            log.info("agent %s stopped", self.node)
+            left = await self.cluster.leave(timeout=2.0)
+            await self.cluster.stop()
+            log.info("agent %s stopped (%s)", self.node,
+                     "left the cluster" if left else "leave not confirmed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,7 +182,8 @@ class Agent:
             "advertise": self.config.advertise_addr,
             "gossip": {"bind": f"{self.config.bind}:{self.config.bind_port}",
                        "preset": self.config.gossip_preset},
-            "members": {"alive": len(self.members())},
+            "members": self._member_counts(),
+            "synced": bool(self.cluster is None or self.cluster.synced.is_set()),
             "networks": len(self.store.networks()),
             "endpoints": len(self.store.endpoints()),
             "services": len(self.store.services()),
@@ -177,7 +201,15 @@ class Agent:
                         "last_sync_ms": round(st.last_duration * 1000, 2)},
         }
 
+    def _member_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for m in self.members():
+            counts[m["state"]] = counts.get(m["state"], 0) + 1
+        return counts
+
     def members(self) -> list[dict[str, Any]]:
+        if self.cluster is not None:
+            return self.cluster.members()
         return [{
             "name": self.node,
             "addr": self.config.advertise_addr,
@@ -248,7 +280,7 @@ class Agent:
             if body.get("ip"):
                 ip = check_static(net, str(body["ip"]), taken)
             else:
-                ip = allocate(net, taken, self.node)
+                ip = allocate(net, taken, f"{self.node}/{netname}")
             ifname = await self.in_kernel(
                 lambda: self.overlay_kernel.free_ifname(ns, [e.ifname for e in mine]))
             ep = Endpoint(network=netname, ip=ip, mac=mac_for(ip), host=self.node,

@@ -173,3 +173,17 @@ def ipr(name: str | None = None):  # -> IPRoute
     finally:
         os.close(target)
         os.close(here)
+
+
+def enter(name: str) -> None:
+    """Move the calling thread into a named namespace (for a child's preexec_fn).
+
+    Unlike `ip netns exec`, this keeps the mount namespace: namespaces the child creates
+    under /run/netns stay visible to everyone (an agent needs that).
+    """
+    fd = os.open(path_of(name), os.O_RDONLY)
+    try:
+        if _libc().setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)

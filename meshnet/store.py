@@ -92,11 +92,13 @@ class Store:
     def put(self, table: str, key: str, obj: _Model, now: float) -> None:
         assert isinstance(obj, TABLES[table]), (table, obj)
         self.backend.put(table, key, encode(obj), now)
-        self.notify(table, key)
+        if not getattr(self.backend, "emits_events", False):
+            self.notify(table, key)
 
     def delete(self, table: str, key: str, now: float) -> None:
         self.backend.delete(table, key, now)
-        self.notify(table, key)
+        if not getattr(self.backend, "emits_events", False):
+            self.notify(table, key)
 
     def get(self, table: str, key: str) -> _Model | None:
         raw = self.backend.get(table, key)

@@ -67,3 +67,41 @@ def lab_exec(lab: Lab, host: str, *cmd: str, check: bool = False):
 
 def agent_log(lab: Lab, host: str) -> str:
     return Path(lab.spec.state_dir / f"{host}.log").read_text()
+
+
+def api(lab: Lab, host: str):
+    from meshnet.api.client import ApiClient
+
+    return ApiClient(lab.spec.api_socket(host), timeout=10)
+
+
+def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as exc:  # keep polling; report the last failure
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def ns_exec(ns: str, *cmd: str, timeout: float = 20, check: bool = False):
+    r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} in {ns} failed: {r.stdout} {r.stderr}")
+    return r
+
+
+def py_in(ns: str, *args: str, background: bool = False, timeout: float = 60):
+    """Run `python -m meshnet.testing.traffic ARGS` inside a namespace."""
+    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "meshnet.testing.traffic", *args]
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

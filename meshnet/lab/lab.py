@@ -127,9 +127,9 @@ class Lab:
             "--underlay-mtu", str(spec.underlay_mtu),
             "--netns-prefix", f"{spec.host_ns(host)}-",
         ]
-        first = spec.host_names[0]
-        if host != first:
-            cmd += ["--join", spec.host_addr(first)]
+        for other in spec.host_names:  # every other host, as a retry-join list
+            if other != host:
+                cmd += ["--join", spec.host_addr(other)]
         return cmd + list(extra)
 
     def _start_agent(self, host: str, extra: Sequence[str] = ()) -> int:
@@ -137,9 +137,12 @@ class Lab:
         sock = Path(spec.api_socket(host))
         sock.unlink(missing_ok=True)
         logf = open(spec.state_dir / f"{host}.log", "ab")
+        ns = spec.host_ns(host)
+        # not `ip netns exec`: that gives the agent a mount namespace of its own, and the
+        # sandbox namespaces it creates under /run/netns would be invisible outside it
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", spec.host_ns(host), *self.agent_command(host, extra)],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+            self.agent_command(host, extra), stdin=subprocess.DEVNULL, stdout=logf,
+            stderr=logf, start_new_session=True, preexec_fn=lambda: netns.enter(ns),
         )
         logf.close()
         (spec.state_dir / f"{host}.pid").write_text(str(proc.pid))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -207,9 +208,18 @@ class OverlayKernel:
             if stale:
                 host.link("del", index=stale[0])
             local_key = "vxlan_local6" if ":" in sb.local else "vxlan_local"
-            host.link("add", ifname=vxname, kind="vxlan", vxlan_id=sb.vni,
-                      vxlan_port=VXLAN_PORT, vxlan_learning=0, vxlan_proxy=1,
-                      **{local_key: sb.local}, mtu=sb.mtu)
+            for attempt in range(40):
+                try:
+                    host.link("add", ifname=vxname, kind="vxlan", vxlan_id=sb.vni,
+                              vxlan_port=VXLAN_PORT, vxlan_learning=0, vxlan_proxy=1,
+                              **{local_key: sb.local}, mtu=sb.mtu)
+                    break
+                except NetlinkError as exc:
+                    # the same VNI in a sandbox the kernel is still tearing down (namespace
+                    # destruction is asynchronous): wait for it rather than fail the sync
+                    if exc.code != EEXIST or attempt == 39:
+                        raise
+                    time.sleep(0.05)
             idx = host.link_lookup(ifname=vxname)[0]
             try:
                 host.link("set", index=idx, net_ns_fd=sb.ns)

@@ -1,0 +1,447 @@
+"""Sans-IO SWIM core speaking memberlist v0.2.2's wire protocol (serf 0.9.4).
+
+Design notes
+------------
+* No I/O, no clock, no global randomness: every entry point takes ``now`` (float
+  seconds, any monotonic origin) and randomness comes from the injected
+  ``random.Random``. The driver (asyncio adapter or the test fabric) does:
+
+  - ``handle_datagram(data, src, now)`` for each UDP datagram;
+  - ``open_stream(src, now)`` per accepted TCP connection, then
+    ``InboundStream.feed(chunk, now)`` until it returns a reply (write it, close)
+    or ``done`` is set;
+  - for each ``StreamRequest`` from ``drain_streams()``: connect, write ``data``
+    and, if ``expect_reply``, feed what it reads to ``stream_reply(id, chunk, now)``
+    until that returns True (``None`` on error, EOF or deadline);
+  - ``tick(now)`` whenever ``now >= next_deadline()``;
+  - after any call: send ``drain_outbox()`` datagrams, run ``drain_streams()``,
+    consume ``drain_events()``.
+* Protocol behaviour follows the notes sections 4-10: probe cycle over a shuffled
+  list with ping (+ suspect compound for suspect targets), indirect pings with nacks,
+  TCP fallback ping, Lifeguard awareness and suspicion, gossip rounds within the UDP
+  budget, periodic push/pull, reaping, refutation. Transitions live in ``state.py``;
+  probing and relaying in ``probe.py`` and everything over TCP in ``sync.py`` (both
+  mixins of :class:`Memberlist`, split only for size); this module holds the public
+  API, the datagram dispatch, the UDP send path, gossip rounds, timers and leave.
+* Peer garbage never raises out of this module: it is converted to ``DecodeError`` in
+  the codec, counted in ``metrics["drop.<reason>"]`` and logged once per reason.
+* serf interop: we advertise Vsn ``[1,5,2,2,5,5]``, send UserStateLen 0, skip the
+  peer's user state, answer TCP pings at once, and ignore serf user messages
+  (first payload byte 0..9; counted as ``recv.serf.<type>``) except that we track
+  their Lamport time so our own serf leave intent is newer than anything seen.
+* Application messages (the tables layer): ``send_user`` goes point to point, only to
+  members tagged ``mn`` (see ``state.MESHNET_TAG``), never through the broadcast
+  queue, and its first byte must not be a serf type. Received ones become
+  ``UserMessage`` events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from random import Random
+
+from meshnet.gossip import codec
+from meshnet.gossip.awareness import Awareness
+from meshnet.gossip.broadcast import Broadcast, BroadcastQueue
+from meshnet.gossip.config import GossipConfig
+from meshnet.gossip.events import Address, Event, StreamRequest, UserMessage
+from meshnet.gossip.messages import (
+    TYPE_NAMES,
+    USER,
+    Ack,
+    Alive,
+    Dead,
+    DecodeError,
+    IndirectPing,
+    Message,
+    Nack,
+    Ping,
+    Suspect,
+    User,
+    addr_to_wire,
+)
+from meshnet.gossip.probe import ProbeMixin, ProbeState, RelayState
+from meshnet.gossip.security import Keyring, encrypt_overhead
+from meshnet.gossip.state import Member, Membership, NodeRecord, NodeState
+from meshnet.gossip.stream import Limits, encode_user_stream
+from meshnet.gossip.sync import JoinOp, PendingStream, SyncMixin
+
+log = logging.getLogger("meshnet.gossip")
+
+SERF_MAX_TYPE = 9  # serf user message types are 0..9
+SERF_LEAVE_INTENT = 0
+SERF_JOIN_INTENT = 1
+SERF_PUSH_PULL = 2
+INF = float("inf")
+
+
+class Memberlist(ProbeMixin, SyncMixin):
+    """One memberlist node. See the module notes for the driver contract."""
+
+    def __init__(self, config: GossipConfig, name: str, addr: str, port: int,
+                 meta: bytes = b"", rng: Random | None = None,
+                 keyring: Keyring | None = None) -> None:
+        if rng is None:
+            raise ValueError("Memberlist needs an injected random.Random")
+        if not name:
+            raise ValueError("node name must not be empty")
+        self.config = config
+        self.name = name
+        self.addr = addr
+        self.port = port
+        self._addr_wire = addr_to_wire(addr)
+        self._meta = meta
+        self.rng = rng
+        self.keyring = keyring if keyring else None
+        self.metrics: Counter[str] = Counter()
+        self._bq = BroadcastQueue(config.retransmit_mult)
+        self._aw = Awareness(config.awareness_max_multiplier)
+        self._ms = Membership(config, name, rng, self._bq, self._aw, self.metrics)
+        self._limits = Limits(config.max_stream_bytes, config.max_decompressed_bytes,
+                              config.max_push_nodes)
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._streams: list[StreamRequest] = []
+        self._seq = 0
+        self._stream_id = 0
+        self._join_id = 0
+        self._probe: ProbeState | None = None
+        self._probe_index = 0
+        self._probe_waits: dict[int, ProbeState] = {}
+        self._relays: dict[int, RelayState] = {}
+        self._pending: dict[int, PendingStream] = {}
+        self._joins: dict[int, JoinOp] = {}
+        self._started = False
+        self._next_probe = self._next_gossip = self._next_push_pull = INF
+        self._next_reconnect = INF
+        self._serf_ltime = 0
+        self._leave_phase: str | None = None  # None, "intent", "dead"
+        self._leave_intent: Broadcast | None = None
+        self._leave_dead_at = INF
+        self._leave_dead: Broadcast | None = None
+        self._logged: set[str] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Become alive (incarnation 1) and schedule the staggered timers."""
+        if self._started:
+            return
+        self._started = True
+        inc = self._ms.next_incarnation()
+        self._ms.alive(Alive(inc, self.name, self._addr_wire, self.port, self._meta,
+                             self.config.vsn), now, bootstrap=True)
+        c = self.config
+        self._next_probe = now + self.rng.uniform(0, c.probe_interval)
+        self._next_gossip = now + self.rng.uniform(0, c.gossip_interval)
+        if c.push_pull_interval > 0:
+            self._next_push_pull = now + self.rng.uniform(0, c.push_pull_interval)
+        if c.reconnect_interval > 0:
+            self._next_reconnect = now + c.reconnect_interval
+
+    def _ensure_started(self, now: float) -> None:
+        if not self._started:
+            self.start(now)
+
+    @property
+    def health_score(self) -> int:
+        return self._aw.score
+
+    @property
+    def incarnation(self) -> int:
+        return self._ms.incarnation
+
+    @property
+    def encrypting(self) -> bool:
+        return self.keyring is not None and self.config.gossip_verify_outgoing
+
+    def members(self) -> list[Member]:
+        return sorted((r.member() for r in self._ms.nodes.values()), key=lambda m: m.name)
+
+    def member(self, name: str) -> Member | None:
+        rec = self._ms.nodes.get(name)
+        return rec.member() if rec else None
+
+    def num_alive(self) -> int:
+        return sum(1 for r in self._ms.nodes.values() if r.state == NodeState.ALIVE)
+
+    def drain_outbox(self) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def drain_streams(self) -> list[StreamRequest]:
+        out, self._streams = self._streams, []
+        return out
+
+    def drain_events(self) -> list[Event]:
+        out, self._ms.events = self._ms.events, []
+        return out
+
+    # -- commands -----------------------------------------------------------------
+
+    def join(self, addrs: list[Address], now: float) -> int:
+        """Push/pull (Join=true) with each address; a JoinCompleted event follows."""
+        self._ensure_started(now)
+        self._join_id += 1
+        jid = self._join_id
+        self._joins[jid] = JoinOp(remaining=len(addrs))
+        if not addrs:
+            self._finish_join(jid)
+        for a in addrs:
+            self._start_push_pull(a, True, now, jid)
+        return jid
+
+    def set_meta(self, meta: bytes, now: float) -> None:
+        """Change our meta (tags): gossip alive with a higher incarnation."""
+        self._ensure_started(now)
+        self._meta = meta
+        inc = self._ms.next_incarnation()
+        self._ms.alive(Alive(inc, self.name, self._addr_wire, self.port, meta, self.config.vsn),
+                       now, bootstrap=True)
+
+    def leave(self, now: float) -> None:
+        """Gossip a serf leave intent, then (once spread) dead{self, From: self}."""
+        self._ensure_started(now)
+        if self._leave_phase is not None:
+            return
+        self._leave_phase = "intent"
+        self._serf_ltime += 1
+        body = codec.pack({"LTime": self._serf_ltime, "Node": self.name, "Prune": False})
+        self._leave_intent = self._bq.queue(bytes([USER, SERF_LEAVE_INTENT]) + body,
+                                            key=f"serf:intent:{self.name}")
+        self._leave_dead_at = now + self.config.leave_intent_wait
+        if not self._any_alive_peer():
+            self._leave_dead_at = now
+        self._leave_progress(now)
+
+    @property
+    def leave_done(self) -> bool:
+        """True once the self-dead broadcast was fully sent (or nobody is left to tell)."""
+        if self._leave_phase != "dead":
+            return False
+        b = self._leave_dead
+        return b is None or b.finished or not self._any_alive_peer()
+
+    def send_user(self, node: str, payload: bytes, now: float, reliable: bool = False) -> bool:
+        """Send an application message to one meshnet member.
+
+        UDP ``[8]+payload`` (with piggybacked gossip) unless ``reliable`` or too big
+        for a packet, then a TCP user message. False if the node is unknown, not
+        alive/suspect, or not a meshnet member (serf agents must never get these).
+        """
+        if not payload or payload[0] <= SERF_MAX_TYPE:
+            raise ValueError("application payloads must not start with a serf type byte 0..9")
+        self._ensure_started(now)
+        rec = self._ms.nodes.get(node)
+        if rec is None or rec.state not in (NodeState.ALIVE, NodeState.SUSPECT):
+            self.metrics["user.no_route"] += 1
+            return False
+        if not rec.member().is_meshnet:
+            self.metrics["user.not_meshnet"] += 1
+            return False
+        msg = bytes([USER]) + payload
+        budget = self.config.udp_buffer_size - (encrypt_overhead() if self.encrypting else 0)
+        if reliable or len(msg) > budget:
+            self._new_stream(rec.address, encode_user_stream(payload), False, now, "user")
+        else:
+            self._send_msg(rec.address, msg, rec)
+        self.metrics["sent.user.app"] += 1
+        return True
+
+    # -- datagrams ----------------------------------------------------------------
+
+    def handle_datagram(self, data: bytes, src: Address, now: float) -> None:
+        self._ensure_started(now)
+        self.metrics["recv.packets"] += 1
+        try:
+            pkt = codec.decode_packet(
+                data, self.keyring,
+                require_encryption=self.config.gossip_verify_incoming,
+                max_decompressed=self.config.max_decompressed_bytes)
+        except DecodeError as exc:
+            self._drop(exc.reason, src, exc)
+            return
+        for reason in pkt.drops:
+            self._drop(reason, src)
+        for msg in pkt.messages:
+            try:
+                self._dispatch(msg, src, now)
+            except DecodeError as exc:
+                self._drop(exc.reason, src, exc)
+
+    def _dispatch(self, msg: Message, src: Address, now: float) -> None:
+        if isinstance(msg, User):
+            self.metrics["recv.user"] += 1
+            self._on_user(msg.payload, src, now, reliable=False)
+            return
+        self.metrics["recv." + TYPE_NAMES[msg.TYPE]] += 1
+        if isinstance(msg, Ping):
+            self._on_ping(msg, src)
+        elif isinstance(msg, IndirectPing):
+            self._on_indirect(msg, src, now)
+        elif isinstance(msg, Ack):
+            self._on_ack(msg, now)
+        elif isinstance(msg, Nack):
+            self._on_nack(msg)
+        elif isinstance(msg, Alive):
+            self._ms.alive(msg, now)
+        elif isinstance(msg, Suspect):
+            self._ms.suspect(msg, now)
+        elif isinstance(msg, Dead):
+            self._ms.dead(msg, now)
+
+    def _on_user(self, payload: bytes, src: Address, now: float, reliable: bool) -> None:
+        if not payload:
+            self._drop("empty_user", src)
+            return
+        t = payload[0]
+        if t <= SERF_MAX_TYPE:
+            self.metrics[f"recv.serf.{t}"] += 1
+            if t in (SERF_LEAVE_INTENT, SERF_JOIN_INTENT, SERF_PUSH_PULL):
+                self._witness_serf_ltime(payload[1:])
+            return
+        self.metrics["recv.user.app"] += 1
+        self._ms.events.append(UserMessage(src, self._node_at(src, reliable), payload, reliable))
+
+    def _witness_serf_ltime(self, body: bytes) -> None:
+        try:
+            obj, _ = codec.unpack_one(body, max_len=len(body) + 1)
+        except DecodeError:
+            return
+        lt = obj.get(b"LTime") if isinstance(obj, dict) else None
+        if isinstance(lt, int) and not isinstance(lt, bool) and 0 <= lt < 1 << 63:
+            self._serf_ltime = max(self._serf_ltime, lt)
+
+    def _node_at(self, src: Address, by_ip_only: bool) -> str | None:
+        found = [r.name for r in self._ms.nodes.values()
+                 if r.addr == src[0] and (by_ip_only or r.port == src[1])]
+        return found[0] if len(found) == 1 else None
+
+    # -- sending ------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _send_msg(self, addr: Address, msg: bytes, node: NodeRecord | None = None) -> None:
+        """Send one message, piggybacking queued broadcasts (memberlist sendMsg)."""
+        self.metrics["sent." + TYPE_NAMES.get(msg[0], str(msg[0]))] += 1
+        avail = self.config.udp_buffer_size - len(msg) - codec.COMPOUND_HEADER_OVERHEAD
+        if self.encrypting:
+            avail -= encrypt_overhead()
+        extra = self._bq.get(codec.COMPOUND_PART_OVERHEAD, avail, self._ms.num_nodes())
+        if extra:
+            self.metrics["sent.piggybacked"] += len(extra)
+            msg = codec.make_compound([msg, *extra])
+        self._raw_send(addr, msg, node)
+
+    def _raw_send(self, addr: Address, packet: bytes, node: NodeRecord | None) -> None:
+        if self.config.enable_compression:
+            packet = codec.compress_packet(packet)
+        if node is not None and node.pmax >= 5:
+            packet = codec.add_crc(packet)
+        if self.encrypting:
+            packet = self.keyring.encrypt_packet(packet)  # type: ignore[union-attr]
+        self.metrics["sent.packets"] += 1
+        self._outbox.append((packet, addr))
+
+    def _k_random(self, k: int, skip) -> list[NodeRecord]:
+        """memberlist kRandomNodes: up to 3n random draws, filtered, no repeats."""
+        nodes = self._ms.order
+        n = len(nodes)
+        out: list[NodeRecord] = []
+        for _ in range(3 * n):
+            if len(out) >= k:
+                break
+            rec = nodes[self.rng.randrange(n)]
+            if skip(rec) or rec in out:
+                continue
+            out.append(rec)
+        return out
+
+    def _any_alive_peer(self) -> bool:
+        return any(r.name != self.name and r.state in (NodeState.ALIVE, NodeState.SUSPECT)
+                   for r in self._ms.nodes.values())
+
+    def _drop(self, reason: str, src: Address | None = None, exc: Exception | None = None) -> None:
+        self.metrics["drop." + reason] += 1
+        self._log_once("drop:" + reason, "dropped input from %s: %s (%s)", src, reason, exc or "")
+
+    def _log_once(self, key: str, fmt: str, *args: object) -> None:
+        """Warn the first time per key, then log at debug level (no log floods)."""
+        level = logging.DEBUG if key in self._logged else logging.WARNING
+        self._logged.add(key)
+        log.log(level, "node=%s subsystem=gossip " + fmt, self.name, *args)
+
+    # -- timers -------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        if not self._started:
+            return INF
+        d = min(self._next_gossip, self._next_push_pull, self._next_reconnect,
+                self._ms.next_suspicion_deadline())
+        p = self._probe
+        if p is None:
+            d = min(d, self._next_probe)
+        else:
+            d = min(d, p.deadline if p.indirect_sent else p.timeout_at)
+        if self._relays:
+            d = min(d, min(r.deadline for r in self._relays.values()))
+        if self._pending:
+            d = min(d, min(x.req.deadline for x in self._pending.values()))
+        if self._leave_phase == "intent":
+            d = min(d, self._leave_dead_at)
+        return d
+
+    def tick(self, now: float) -> None:
+        self._ensure_started(now)
+        for sid, pend in list(self._pending.items()):
+            if now >= pend.req.deadline:
+                self.stream_reply(sid, None, now)
+        self._probe_tick(now)
+        self._relay_tick(now)
+        if now >= self._next_gossip:
+            self._gossip(now)
+            self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
+        if now >= self._next_push_pull:
+            self._periodic_push_pull(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now)
+        self._leave_progress(now)
+        # Last: a confirmation earlier in this tick may have pulled a deadline to now.
+        self._ms.expire_suspicions(now)
+
+    def _leave_progress(self, now: float) -> None:
+        if self._leave_phase != "intent":
+            return
+        intent = self._leave_intent
+        if now >= self._leave_dead_at or (intent is not None and intent.finished):
+            self._leave_phase = "dead"
+            self._ms.leaving = True
+            self._leave_dead = self._ms.dead(Dead(self._ms.incarnation, self.name, self.name), now)
+
+    # -- gossip -------------------------------------------------------------------
+
+    def _gossip(self, now: float) -> None:
+        if not len(self._bq):
+            return
+        dead_limit = self.config.gossip_to_the_dead_time
+
+        def skip(r: NodeRecord) -> bool:
+            if r.name == self.name:
+                return True
+            if r.state in (NodeState.ALIVE, NodeState.SUSPECT):
+                return False
+            return r.state == NodeState.LEFT or now - r.state_change > dead_limit
+
+        avail = self.config.udp_buffer_size - codec.COMPOUND_HEADER_OVERHEAD
+        if self.encrypting:
+            avail -= encrypt_overhead()
+        for rec in self._k_random(self.config.gossip_nodes, skip):
+            msgs = self._bq.get(codec.COMPOUND_PART_OVERHEAD, avail, self._ms.num_nodes())
+            if not msgs:
+                return
+            self.metrics["sent.gossip"] += 1
+            self._raw_send(rec.address, msgs[0] if len(msgs) == 1 else codec.make_compound(msgs),
+                           rec)

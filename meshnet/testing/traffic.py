@@ -1,0 +1,102 @@
+"""Tiny traffic tools for real-kernel tests and benchmarks (run inside lab namespaces).
+
+    python -m meshnet.testing.traffic sink PORT            # TCP: accept, read, count
+    python -m meshnet.testing.traffic stream HOST PORT S   # send for S seconds, print JSON
+    python -m meshnet.testing.traffic http PORT [TEXT]     # HTTP/1.0 server answering TEXT
+    python -m meshnet.testing.traffic udpecho PORT [TEXT]  # UDP: answer every datagram
+
+``stream`` sends 1 KiB every 5 ms and prints {"sent": bytes, "error": null | "..."};
+a connection reset or a write that fails shows up in "error".
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+
+
+def sink(port: int) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(16)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_drain, args=(conn,), daemon=True).start()
+
+
+def _drain(conn: socket.socket) -> None:
+    with conn:
+        while conn.recv(65536):
+            pass
+
+
+def stream(host: str, port: int, seconds: float) -> dict[str, object]:
+    sent, error = 0, None
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.settimeout(5)
+        chunk = b"x" * 1024
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            s.sendall(chunk)
+            sent += len(chunk)
+            time.sleep(0.005)
+        s.shutdown(socket.SHUT_WR)
+        s.close()
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return {"sent": sent, "error": error}
+
+
+def http(port: int, text: str) -> None:
+    body = (text + "\n").encode()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(128)
+    while True:
+        conn, addr = srv.accept()
+        threading.Thread(target=_answer, args=(conn, addr, body), daemon=True).start()
+
+
+def _answer(conn: socket.socket, addr: tuple, body: bytes) -> None:
+    with conn:
+        conn.settimeout(5)
+        try:
+            conn.recv(4096)
+            reply = body.replace(b"{peer}", addr[0].encode())
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        except OSError:
+            pass
+
+
+def udpecho(port: int, text: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, addr = s.recvfrom(65535)
+        s.sendto(text.encode().replace(b"{peer}", addr[0].encode()) or data, addr)
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[0] if argv else ""
+    if cmd == "sink":
+        sink(int(argv[1]))
+    elif cmd == "stream":
+        print(json.dumps(stream(argv[1], int(argv[2]), float(argv[3]))), flush=True)
+    elif cmd == "http":
+        http(int(argv[1]), argv[2] if len(argv) > 2 else "ok")
+    elif cmd == "udpecho":
+        udpecho(int(argv[1]), argv[2] if len(argv) > 2 else "")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
