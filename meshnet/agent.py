@@ -27,7 +27,7 @@ from meshnet import __version__
 from meshnet.cluster import Cluster
 from meshnet.config import AgentConfig
 from meshnet.errors import Conflict, NotFound, UserError
-from meshnet.model import VNI_MAX, Endpoint, Network, Node
+from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
 from meshnet.vxlan.ipam import allocate, check_static
@@ -76,6 +76,7 @@ class Agent:
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
+        self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
         self._state_file = Path(config.state_dir) / "endpoints.json"
 
     async def in_kernel(self, fn: Callable[[], Any]) -> Any:
@@ -100,7 +101,8 @@ class Agent:
 
     def start_reconcilers(self) -> None:
         self.overlay = OverlayReconciler(self.node, self.store, self.overlay_kernel, self.prefix,
-                                         self.underlay_mtu, self.in_kernel, self._netns_gone)
+                                         self.underlay_mtu, self.in_kernel, self._netns_gone,
+                                         pending=self._claims)
         self.overlay_sync = SyncRunner("vxlan", self.overlay.sync, min_interval=0.02,
                                        full_interval=10.0)
         self.store.listeners.append(self._table_changed)
@@ -255,6 +257,26 @@ class Agent:
         return [e for e in self.store.endpoints().values() if e.host == self.node]
 
     async def attach(self, body: dict[str, Any]) -> Endpoint:
+        net, ns, name = self._check_attach(body)
+        async with self._attach_lock:
+            mine = [e for e in self.local_endpoints() if e.netns == ns]
+            if any(e.network == net.name for e in mine):
+                raise Conflict(f"{ns} is already attached to network {net.name}")
+            ifname = await self.in_kernel(
+                lambda: self.overlay_kernel.free_ifname(ns, [e.ifname for e in mine]))
+            ep = await self._claim(net, body.get("ip"), lambda ip: Endpoint(
+                network=net.name, ip=ip, mac=mac_for(ip), host=self.node, name=name,
+                service=body.get("service") or "", aliases=tuple(body.get("aliases") or ()),
+                netns=ns, ifname=ifname))
+            self._save_endpoints()
+            await self._settle()
+            if not self.overlay_kernel.netns_exists(ns):
+                await self._remove_endpoints([ep])
+                raise NotFound(f"network namespace {ns} disappeared during attach")
+        log.info("attached %s (%s) to %s as %s %s", name, ns, net.name, ep.ip, ifname)
+        return ep
+
+    def _check_attach(self, body: dict[str, Any]) -> tuple[Network, str, str]:
         unknown = set(body) - ATTACH_FIELDS
         if unknown:
             raise UserError(f"unknown attach field(s): {', '.join(sorted(unknown))}")
@@ -266,34 +288,52 @@ class Agent:
             raise NotFound(f"no network named {netname}")
         if not self.overlay_kernel.netns_exists(ns):
             raise NotFound(f"no network namespace {ns}")
-        name = body.get("name") or os.path.basename(ns.rstrip("/"))
         if ns.startswith("/proc/"):
-            name = body.get("name") or f"pid{ns.split('/')[2]}"
-        async with self._attach_lock:
+            default = f"pid{ns.split('/')[2]}"
+        else:
+            default = os.path.basename(ns.rstrip("/"))
+        name = body.get("name") or default
+        Endpoint(network=netname, ip=net.gateway, mac="02:00:00:00:00:00", host=self.node,
+                 name=name, service=body.get("service") or "",
+                 aliases=tuple(body.get("aliases") or ()))  # validates the names only
+        return net, ns, name
+
+    async def _claim(self, net: Network, static: Any,
+                     make: Callable[[IPAddress], Endpoint]) -> Endpoint:
+        """Publish an endpoint on a free address and keep it only if the claim holds.
+
+        Two hosts may pick the same address at the same moment: both write the same
+        table key and the replicated table keeps exactly one (the conflict rule). After
+        ``claim_wait`` (a few gossip rounds) the loser sees the winner's entry in place
+        of its own: it picks again (or fails, for an address the user asked for). The
+        kernel is not touched for a claim until it holds.
+        """
+        wait = self.cluster.claim_wait if self.cluster else 0.0
+        for _ in range(8):
             endpoints = self.store.endpoints()
-            mine = [e for e in endpoints.values() if e.host == self.node and e.netns == ns]
-            if any(e.network == netname for e in mine):
-                raise Conflict(f"{ns} is already attached to network {netname}")
-            taken = {e.ip for e in endpoints.values() if e.network == netname}
+            taken = {e.ip for e in endpoints.values() if e.network == net.name}
             taken |= {s.vip for s in self.store.services().values()
-                      if s.network == netname and s.vip is not None}
-            if body.get("ip"):
-                ip = check_static(net, str(body["ip"]), taken)
+                      if s.network == net.name and s.vip is not None}
+            if static:
+                ip = check_static(net, str(static), taken)
             else:
-                ip = allocate(net, taken, f"{self.node}/{netname}")
-            ifname = await self.in_kernel(
-                lambda: self.overlay_kernel.free_ifname(ns, [e.ifname for e in mine]))
-            ep = Endpoint(network=netname, ip=ip, mac=mac_for(ip), host=self.node,
-                          name=name, service=body.get("service") or "",
-                          aliases=tuple(body.get("aliases") or ()), netns=ns, ifname=ifname)
-            self.store.put("endpoints", ep.key, ep, self.clock())
-            self._save_endpoints()
-            await self._settle()
-            if not self.overlay_kernel.netns_exists(ns):
-                await self._remove_endpoints([ep])
-                raise NotFound(f"network namespace {ns} disappeared during attach")
-        log.info("attached %s (%s) to %s as %s %s", name, ns, netname, ip, ifname)
-        return ep
+                ip = allocate(net, taken, f"{self.node}/{net.name}")
+            ep = make(ip)
+            self._claims.add(ep.key)
+            try:
+                self.store.put("endpoints", ep.key, ep, self.clock())
+                if wait:
+                    await asyncio.sleep(wait)
+                held = self.store.get("endpoints", ep.key)
+            finally:
+                self._claims.discard(ep.key)
+            if held == ep:
+                return ep
+            log.info("address %s on %s was claimed by another host at the same time",
+                     ip, net.name)
+            if static:
+                raise Conflict(f"address {ip} is already in use on network {net.name}")
+        raise Conflict(f"could not claim an address on {net.name}: too many concurrent claims")
 
     async def detach(self, ns: str, network: str | None = None) -> list[Endpoint]:
         if not ns:

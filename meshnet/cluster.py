@@ -69,6 +69,8 @@ class Cluster:
         self.adapter = GossipAdapter(self.core, bind=(config.bind, config.bind_port),
                                      on_event=self._on_event)
         self.tables: Tables | None = None
+        #: how long an address claim must hold before it is used (a few gossip rounds)
+        self.claim_wait = 6 * self.table_config.gossip_interval
         self.on_change = on_change
         self.synced = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None

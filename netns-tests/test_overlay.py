@@ -142,3 +142,65 @@ def test_mtu_from_underlay(make_lab):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     big = ns_exec(ns, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", eps["c2"]["ip"])
     assert big.returncode != 0 and "message too long" in (big.stdout + big.stderr).lower()
+
+
+def test_concurrent_attach_addresses_unique_cluster_wide(make_lab):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from meshnet.errors import UserError
+    from meshnet.lab.lab import netns
+
+    lab = make_lab(hosts=3)
+    overlay_setup(lab, "app", "10.61.0.0/28")  # 13 usable addresses: collisions are likely
+    names = {h: [f"{h}n{i}" for i in range(3)] for h in lab.spec.host_names}
+    for ns_names in names.values():
+        for n in ns_names:
+            netns.create(lab.spec.container_ns(n))
+
+    def attach(host, n, ip=None):
+        body = {"netns": lab.spec.container_ns(n), "network": "app", "name": n}
+        if ip:
+            body["ip"] = ip
+        try:
+            return api(lab, host).post("/v1/endpoints", body)
+        except UserError as exc:
+            return exc
+
+    try:
+        # the same static address asked on two hosts at once: exactly one gets it
+        with ThreadPoolExecutor(4) as pool:
+            a, b = pool.map(lambda hn: attach(*hn, ip="10.61.0.9"),
+                            [("h1", "h1n0"), ("h2", "h2n0")])
+        results = [a, b]
+        winners = [r for r in results if isinstance(r, dict)]
+        losers = [r for r in results if isinstance(r, UserError)]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert "in use" in str(losers[0])
+        # dynamic addresses, many at once on every host: all unique everywhere
+        jobs = [(h, n) for h, ns_names in names.items() for n in ns_names[1:]]
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda hn: attach(*hn), jobs))
+        assert all(isinstance(g, dict) for g in got), got
+        converged(lab, 1 + len(jobs))
+        for h in lab.spec.host_names:
+            ips = [e["ip"] for e in api(lab, h).get("/v1/endpoints")]
+            assert len(ips) == len(set(ips)) == 1 + len(jobs)
+    finally:
+        for ns_names in names.values():
+            for n in ns_names:
+                netns.remove(lab.spec.container_ns(n))
+
+
+def test_full_resync_repairs_a_deleted_fdb_entry(three):
+    lab, eps = three
+    mac = eps["c2"]["mac"]
+    sandbox = next(n for n in os.listdir("/run/netns")
+                   if n.startswith(lab.spec.host_ns("h1") + "-ov-"))
+    wait_until(lambda: mac in ns_exec(sandbox, "bridge", "fdb", "show").stdout)
+    vx = next(line.split()[2] for line in ns_exec(sandbox, "bridge", "fdb", "show").stdout
+              .splitlines() if line.startswith(mac))
+    ns_exec(sandbox, "bridge", "fdb", "del", mac, "dev", vx, "self", check=True)
+    assert mac not in ns_exec(sandbox, "bridge", "fdb", "show").stdout
+    wait_until(lambda: mac in ns_exec(sandbox, "bridge", "fdb", "show").stdout, timeout=15,
+               what="the periodic full resync to restore the entry")
+    assert ping(lab, "c1", eps["c2"]["ip"]).returncode == 0

@@ -27,7 +27,8 @@ RunInKernel = Callable[[Callable[[], Any]], Awaitable[Any]]
 class OverlayReconciler:
     def __init__(self, node: str, store: Store, kernel: OverlayKernelPort, prefix: str,
                  underlay_mtu: int, run: RunInKernel,
-                 on_netns_gone: Callable[[list[str]], None] = lambda gone: None) -> None:
+                 on_netns_gone: Callable[[list[str]], None] = lambda gone: None,
+                 pending: set[str] | None = None) -> None:
         self.node = node
         self.store = store
         self.kernel = kernel
@@ -35,13 +36,16 @@ class OverlayReconciler:
         self.underlay_mtu = underlay_mtu
         self.run = run
         self.on_netns_gone = on_netns_gone
+        self.pending = pending if pending is not None else set()  #: unconfirmed local claims
         self.last_plan: list[Op] = []
         self.ops_applied = 0
 
     def want(self) -> Overlay:
         vteps = {name: str(n.vtep_addr) for name, n in self.store.all("vteps").items()}
-        return desired(self.node, self.store.networks(), self.store.endpoints().values(),
-                       vteps, self.underlay_mtu, self.prefix)
+        eps = [e for k, e in self.store.endpoints().items()
+               if not (e.host == self.node and k in self.pending)]
+        return desired(self.node, self.store.networks(), eps, vteps, self.underlay_mtu,
+                       self.prefix)
 
     async def sync(self, full: bool) -> None:
         want = self.want()
