@@ -115,6 +115,19 @@ class Lab:
                     prefixlen=UNDERLAY.prefixlen)
             ip.link("set", index=eth0, state="up")
 
+    def add_bare_host(self, host: str) -> str:
+        """Another host on the underlay with no agent (for serf peers, outside servers).
+
+        ``host`` is ``hK``; it gets 192.0.2.K. Removed by ``down`` like every lab host.
+        """
+        if not host.startswith("h") or not host[1:].isdigit() or not 1 <= int(host[1:]) <= 254:
+            raise UserError(f"invalid host name {host!r}: use hK with K in 1..254")
+        if netns.exists(self.spec.host_ns(host)):
+            raise Conflict(f"host {host} already exists in lab {self.spec.name}")
+        with netns.ipr(self.spec.underlay_ns) as ul:
+            self._build_host(host, ul)
+        return self.spec.host_ns(host)
+
     def agent_command(self, host: str, extra: Sequence[str] = ()) -> list[str]:
         spec = self.spec
         cmd = [
