@@ -168,8 +168,23 @@ class Agent:
             return [e.to_dict() for e in sorted(self.store.endpoints().values(),
                                                 key=lambda e: (e.network, e.ip))]
 
+        async def metrics(request: Any) -> Any:
+            return self.metrics()
+
         return [(("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
-                (("GET", "/v1/endpoints"), endpoints)]
+                (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics)]
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of every subsystem (JSON; the Prometheus view is built from this)."""
+        out: dict[str, Any] = {"members": self._member_counts()}
+        if self.cluster is not None:
+            out.update(self.cluster.metrics())
+        if self.overlay_sync is not None:
+            st = self.overlay_sync.stats
+            out["reconcile"] = {"vxlan": {"runs": st.runs, "full_runs": st.full_runs,
+                                          "errors": st.errors,
+                                          "seconds_total": round(st.total_duration, 6)}}
+        return out
 
     # --- queries ---------------------------------------------------------------------
 

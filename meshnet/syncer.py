@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SyncFn = Callable[[bool], Awaitable[None]]
 
@@ -26,7 +26,6 @@ class SyncStats:
     last_duration: float = 0.0
     total_duration: float = 0.0
     last_error: str = ""
-    durations: list[float] = field(default_factory=list)
 
 
 class SyncRunner:
