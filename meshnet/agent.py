@@ -12,6 +12,7 @@ keep the data plane in place for the next start).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -27,6 +28,9 @@ from meshnet import __version__
 from meshnet.cluster import Cluster
 from meshnet.config import AgentConfig
 from meshnet.errors import Conflict, NotFound, UserError
+from meshnet.gwbridge.kernel import GwKernel
+from meshnet.gwbridge.reconciler import GwReconciler
+from meshnet.gwbridge.state import Allocation
 from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
@@ -58,7 +62,8 @@ def pick_vni(name: str, taken: set[int]) -> int:
 
 class Agent:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time,
-                 overlay_kernel: OverlayKernelPort | None = None) -> None:
+                 overlay_kernel: OverlayKernelPort | None = None,
+                 gw_kernel: Any = None) -> None:
         self.config = config
         self.node = config.node_name
         self.clock = clock
@@ -72,12 +77,15 @@ class Agent:
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.overlay_kernel = overlay_kernel or OverlayKernel(self.prefix)
         self.overlay: OverlayReconciler | None = None
+        self.gw_kernel = gw_kernel or GwKernel()
+        self.gw_allocs: dict[str, Allocation] = {}
+        self.runners: dict[SyncRunner, frozenset[str]] = {}
         self.cluster: Cluster | None = None
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
         self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
-        self._state_file = Path(config.state_dir) / "endpoints.json"
+        self._state_file = Path(config.state_dir) / "local.json"
 
     async def in_kernel(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._kernel_pool, fn)
@@ -100,23 +108,34 @@ class Agent:
         await self._restore_endpoints()
 
     def start_reconcilers(self) -> None:
+        """One sync runner per kernel programmer, each kicked by the tables it reads."""
         self.overlay = OverlayReconciler(self.node, self.store, self.overlay_kernel, self.prefix,
                                          self.underlay_mtu, self.in_kernel, self._netns_gone,
                                          pending=self._claims)
         self.overlay_sync = SyncRunner("vxlan", self.overlay.sync, min_interval=0.02,
                                        full_interval=10.0)
+        self.gw = GwReconciler(self.node, self.store, self.gw_kernel,
+                               self.config.gwbridge_subnet, self.gw_allocs, self.in_kernel,
+                               self._netns_gone, pending=self._claims)
+        gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=10.0)
+        self.runners = {
+            self.overlay_sync: frozenset({"networks", "endpoints", "vteps"}),
+            gw_sync: frozenset({"networks", "endpoints"}),
+        }
         self.store.listeners.append(self._table_changed)
-        self.overlay_sync.start()
-        self.overlay_sync.kick(full=True)
+        for runner in self.runners:
+            runner.start()
+            runner.kick(full=True)
 
     async def stop_dataplane(self) -> None:
-        if self.overlay_sync:
-            await self.overlay_sync.stop()
+        for runner in self.runners:
+            await runner.stop()
         self._kernel_pool.shutdown(wait=True)
 
     def _table_changed(self, table: str, key: str) -> None:
-        if self.overlay_sync and table in ("networks", "endpoints", "vteps"):
-            self.overlay_sync.kick()
+        for runner, tables in self.runners.items():
+            if table in tables:
+                runner.kick()
 
     async def run(self) -> None:
         from meshnet.api.server import ApiServer
@@ -283,6 +302,7 @@ class Agent:
                 network=net.name, ip=ip, mac=mac_for(ip), host=self.node, name=name,
                 service=body.get("service") or "", aliases=tuple(body.get("aliases") or ()),
                 netns=ns, ifname=ifname))
+            await self._gateway_for(net, ns, [e.ifname for e in mine] + [ifname])
             self._save_endpoints()
             await self._settle()
             if not self.overlay_kernel.netns_exists(ns):
@@ -373,9 +393,11 @@ class Agent:
         await self._settle()
 
     async def _settle(self) -> None:
-        if self.overlay_sync:
-            self.overlay_sync.kick()
-            await self.overlay_sync.settled(timeout=30)
+        """Kick every programmer and wait until each has applied the current tables."""
+        for runner in self.runners:
+            runner.kick()
+        for runner in self.runners:
+            await runner.settled(timeout=30)
 
     def _netns_gone(self, gone: list[str]) -> None:
         """Containers whose namespace vanished are detached (the netns runtime's 'stop')."""
@@ -387,22 +409,48 @@ class Agent:
             self._save_endpoints()
 
     def _save_endpoints(self) -> None:
-        data = [e.to_dict() for e in self.local_endpoints()]
+        """Persist local endpoints and gateway allocations (what a restart must restore)."""
+        local = self.local_endpoints()
+        in_use = {e.netns for e in local}
+        for ns in [ns for ns in self.gw_allocs if ns not in in_use]:
+            del self.gw_allocs[ns]
+        data = {"endpoints": [e.to_dict() for e in local],
+                "gateways": {ns: {"ip": a.ip, "ifname": a.ifname}
+                             for ns, a in self.gw_allocs.items()}}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self._state_file)
 
+    async def _gateway_for(self, net: Network, ns: str, taken_ifnames: list[str]) -> None:
+        """Choose the container's egress interface once (host-local, persisted)."""
+        if net.internal or ns in self.gw_allocs:
+            return
+        if await self.in_kernel(lambda: self.gw_kernel.has_default_route(ns)):
+            self.gw_allocs[ns] = Allocation("", "")  # it has a gateway of its own
+            return
+        subnet = ipaddress.ip_network(self.config.gwbridge_subnet)
+        used = {ipaddress.ip_address(a.ip) for a in self.gw_allocs.values() if a.ip}
+        used.add(subnet.network_address + 1)
+        ip = allocate(Network(name="gwbridge", vni=1, subnet=subnet), used, ns)
+        ifname = await self.in_kernel(
+            lambda: self.overlay_kernel.free_ifname(ns, taken_ifnames))
+        self.gw_allocs[ns] = Allocation(str(ip), ifname)
+
     async def _restore_endpoints(self) -> None:
         """After a restart: re-publish the local endpoints whose namespace still exists."""
         try:
             data = json.loads(self._state_file.read_text())
+            saved, gateways = data["endpoints"], data["gateways"]
         except FileNotFoundError:
             return
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             log.warning("ignoring corrupt %s", self._state_file)
             return
-        for raw in data:
+        for ns, a in gateways.items():
+            if isinstance(a, dict) and self.overlay_kernel.netns_exists(ns):
+                self.gw_allocs[ns] = Allocation(str(a.get("ip", "")), str(a.get("ifname", "")))
+        for raw in saved:
             try:
                 ep = Endpoint.from_dict(raw)
             except UserError as exc:

@@ -158,7 +158,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "runtime": args.runtime, "metrics": args.metrics, "gossip_preset": args.gossip_preset,
         "underlay_mtu": args.underlay_mtu, "log_level": args.log_level,
         "dns_upstreams": args.dns_upstream, "state_dir": args.state_dir,
-        "netns_prefix": args.netns_prefix,
+        "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dns-upstream", metavar="ADDR[:PORT]", action="append")
     a.add_argument("--state-dir", metavar="DIR")
     a.add_argument("--netns-prefix", metavar="PREFIX", help="prefix of namespaces it creates")
+    a.add_argument("--gwbridge-subnet", metavar="CIDR", help="egress bridge subnet")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     a.set_defaults(func=cmd_agent)
 

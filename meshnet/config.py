@@ -82,6 +82,7 @@ class AgentConfig:
     log_level: str = "info"
     dns_upstreams: tuple[str, ...] = ()  #: empty: the host's /etc/resolv.conf
     netns_prefix: str = ""  #: prefix of namespaces this agent creates; default "mn-"
+    gwbridge_subnet: str = "198.18.0.0/16"  #: the egress bridge's subnet (host-local)
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +109,12 @@ class AgentConfig:
             raise ConfigError(f"invalid bind port {self.bind_port}")
         if self.underlay_mtu and not 576 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"invalid underlay-mtu {self.underlay_mtu}: must be 576-65535")
+        try:
+            from meshnet.model import parse_cidr
+
+            parse_cidr(self.gwbridge_subnet, "gwbridge-subnet")
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
         if self.netns_prefix and not self.netns_prefix.startswith("mn-"):
             raise ConfigError(f"invalid netns-prefix {self.netns_prefix!r}: must start with 'mn-'")
         if self.encrypt_key:

@@ -112,7 +112,11 @@ def test_five_node_cluster_and_failure_detection(make_lab, serfs, seed):
     wait_until(lambda: s1.members().get("h3") == "failed", timeout=20, what="h3 failed in serf")
     # SIGTERM of a meshnet agent: serf shows it left
     os.kill(lab.agent_pid("h2"), signal.SIGTERM)
-    wait_until(lambda: s1.members().get("h2") == "left", timeout=20, what="h2 left in serf")
+    try:
+        wait_until(lambda: s1.members().get("h2") == "left", timeout=20, what="h2 left in serf")
+    except AssertionError as exc:
+        log = (lab.spec.state_dir / "h2.log").read_text().splitlines()[-8:]
+        raise AssertionError(f"{exc}; serf sees {s1.members()}; h2 log: {log}") from None
     assert_no_serf_decode_errors(s1)
 
 

@@ -13,7 +13,7 @@ from meshnet.api.client import ApiClient
 from meshnet.api.server import ApiServer
 from meshnet.config import AgentConfig
 from meshnet.errors import UserError
-from meshnet.testing.fakekernel import FakeOverlayKernel
+from meshnet.testing.fakekernel import FakeGwKernel, FakeOverlayKernel
 
 
 @pytest.fixture
@@ -22,7 +22,8 @@ def api(tmp_path):
     loop = asyncio.new_event_loop()
     kernel = FakeOverlayKernel({"lab-c1", "lab-c2", "lab-c3"})
     agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock, state_dir=str(tmp_path)),
-                  overlay_kernel=kernel)
+                  overlay_kernel=kernel,
+                  gw_kernel=FakeGwKernel({"lab-c1", "lab-c2", "lab-c3"}, with_default={"lab-c3"}))
     server = ApiServer(agent, sock)
     loop.run_until_complete(agent.start_dataplane())
     loop.run_until_complete(server.start())
@@ -165,7 +166,7 @@ def test_restart_restores_local_endpoints(api, tmp_path):
     call, _, agent = api
     call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
     ep = call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app"})
-    fresh = Agent(agent.config, overlay_kernel=agent.overlay_kernel)
+    fresh = Agent(agent.config, overlay_kernel=agent.overlay_kernel, gw_kernel=agent.gw_kernel)
     fresh.store.put("networks", "app", agent.store.networks()["app"], 0)
     loop = call.loop
     loop.run_until_complete(fresh.start_dataplane())
@@ -175,3 +176,24 @@ def test_restart_restores_local_endpoints(api, tmp_path):
         assert fresh.overlay.last_plan == []  # adopts the kernel as it is
     finally:
         loop.run_until_complete(fresh.stop_dataplane())
+
+
+def test_gateway_bridge_follows_endpoints(api):
+    call, _, agent = api
+    gw = agent.gw_kernel
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    call("POST", "/v1/networks", {"name": "priv", "subnet": "10.2.0.0/24", "internal": True})
+    call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "priv"})
+    assert gw.state.bridge is None  # internal only: no gateway
+    call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app"})
+    call("POST", "/v1/endpoints", {"netns": "lab-c2", "network": "app"})
+    call("POST", "/v1/endpoints", {"netns": "lab-c3", "network": "app"})  # has its own route
+    assert gw.state.bridge == "198.18.0.1/16" and "MASQUERADE" in gw.state.rules
+    ports = {p.netns: p for p in gw.state.ports.values()}
+    assert set(ports) == {"lab-c1", "lab-c2"}
+    assert ports["lab-c1"].ifname == "eth2" and ports["lab-c2"].ifname == "eth1"
+    assert ports["lab-c1"].addr != ports["lab-c2"].addr
+    call("DELETE", "/v1/endpoints?netns=lab-c1&network=app")
+    assert set(p.netns for p in gw.state.ports.values()) == {"lab-c2"}
+    call("DELETE", "/v1/endpoints?netns=lab-c2")
+    assert gw.state.bridge is None and gw.state.rules == "" and not gw.state.ports

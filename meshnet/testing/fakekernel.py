@@ -82,3 +82,51 @@ class FakeOverlayKernel:
                     s.neigh[(ns, ip)] = mac
                 case DeleteNeigh(ns=ns, ip=ip):
                     s.neigh.pop((ns, ip), None)
+
+
+class FakeGwKernel:
+    """In-memory gateway-bridge kernel (same contract as meshnet.gwbridge.kernel.GwKernel)."""
+
+    def __init__(self, container_netns: Iterable[str] = (), with_default: Iterable[str] = ()):
+        from meshnet.gwbridge.state import GwState
+
+        self.state = GwState()
+        self.container_netns = set(container_netns)
+        self.with_default = set(with_default)
+        self.routes: dict[str, str] = {}  #: netns -> default gateway we installed
+
+    def observe(self):
+        from meshnet.gwbridge.state import GwPort, GwState
+
+        return GwState(self.state.bridge,
+                       {n: GwPort("", n, "", "", "") for n in self.state.ports},
+                       self.state.rules)
+
+    def has_default_route(self, ns: str) -> bool:
+        return ns in self.with_default or ns in self.routes
+
+    def apply(self, ops) -> list[str]:
+        gone = []
+        s = self.state
+        for op in ops:
+            if op.kind == "bridge":
+                s.bridge = op.arg
+            elif op.kind == "rules":
+                assert s.bridge, "rules before the bridge"
+                s.rules = op.arg
+            elif op.kind == "add_port":
+                if op.arg.netns not in self.container_netns:
+                    gone.append(op.arg.netns)
+                    continue
+                assert s.bridge, "port before the bridge"
+                s.ports[op.arg.name] = op.arg
+                self.routes[op.arg.netns] = op.arg.gateway
+            elif op.kind == "del_port":
+                p = s.ports.pop(op.arg, None)
+                if p:
+                    self.routes.pop(p.netns, None)
+            elif op.kind == "del_rules":
+                s.rules = ""
+            elif op.kind == "del_bridge":
+                s.bridge = None
+        return gone

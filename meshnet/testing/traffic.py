@@ -4,6 +4,7 @@
     python -m meshnet.testing.traffic stream HOST PORT S   # send for S seconds, print JSON
     python -m meshnet.testing.traffic http PORT [TEXT]     # HTTP/1.0 server answering TEXT
     python -m meshnet.testing.traffic udpecho PORT [TEXT]  # UDP: answer every datagram
+    python -m meshnet.testing.traffic get URL [TIMEOUT]    # print the body, exit 1 on error
 
 ``stream`` sends 1 KiB every 5 ms and prints {"sent": bytes, "error": null | "..."};
 a connection reset or a write that fails shows up in "error".
@@ -82,6 +83,13 @@ def udpecho(port: int, text: str) -> None:
         s.sendto(text.encode().replace(b"{peer}", addr[0].encode()) or data, addr)
 
 
+def get(url: str, timeout: float) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - test tool
+        return r.read().decode().strip()
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd == "sink":
@@ -90,6 +98,12 @@ def main(argv: list[str]) -> int:
         print(json.dumps(stream(argv[1], int(argv[2]), float(argv[3]))), flush=True)
     elif cmd == "http":
         http(int(argv[1]), argv[2] if len(argv) > 2 else "ok")
+    elif cmd == "get":
+        try:
+            print(get(argv[1], float(argv[2]) if len(argv) > 2 else 3.0))
+        except OSError as exc:
+            print(f"error: {exc}")
+            return 1
     elif cmd == "udpecho":
         udpecho(int(argv[1]), argv[2] if len(argv) > 2 else "")
     else:
