@@ -27,11 +27,17 @@ from typing import Any
 from meshnet import __version__
 from meshnet.cluster import Cluster
 from meshnet.config import AgentConfig
+from meshnet.dns.config import DnsConfig
+from meshnet.dns.forwarder import parse_upstream
+from meshnet.dns.programmer import DnsProgrammer
+from meshnet.dns.sandbox import read_host_upstreams
+from meshnet.dns.server import DnsServer
 from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.gwbridge.kernel import GwKernel
 from meshnet.gwbridge.reconciler import GwReconciler
 from meshnet.gwbridge.state import Allocation
 from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
+from meshnet.services import create_service, remove_service
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
 from meshnet.vxlan.ipam import allocate, check_static
@@ -80,6 +86,7 @@ class Agent:
         self.gw_kernel = gw_kernel or GwKernel()
         self.gw_allocs: dict[str, Allocation] = {}
         self.runners: dict[SyncRunner, frozenset[str]] = {}
+        self.dns: DnsProgrammer | None = None
         self.cluster: Cluster | None = None
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
@@ -96,7 +103,7 @@ class Agent:
         """Publish our VTEP and restore local endpoints (into the tables), then start the
         reconcilers. With gossip, ``run`` calls the two halves around the cluster join."""
         await self.prepare_dataplane()
-        self.start_reconcilers()
+        await self.start_reconcilers()
 
     async def prepare_dataplane(self) -> None:
         mtu = self.config.underlay_mtu or await self.in_kernel(
@@ -107,7 +114,7 @@ class Agent:
                                                 gossip_port=self.config.bind_port), self.clock())
         await self._restore_endpoints()
 
-    def start_reconcilers(self) -> None:
+    async def start_reconcilers(self) -> None:
         """One sync runner per kernel programmer, each kicked by the tables it reads."""
         self.overlay = OverlayReconciler(self.node, self.store, self.overlay_kernel, self.prefix,
                                          self.underlay_mtu, self.in_kernel, self._netns_gone,
@@ -118,9 +125,16 @@ class Agent:
                                self.config.gwbridge_subnet, self.gw_allocs, self.in_kernel,
                                self._netns_gone, pending=self._claims)
         gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=10.0)
+        upstreams = ([parse_upstream(u) for u in self.config.dns_upstreams]
+                     or read_host_upstreams())
+        server = DnsServer(DnsConfig(), upstreams, view=None)
+        await server.start()
+        self.dns = DnsProgrammer(self.node, self.store, server, self.in_kernel, self._claims)
+        dns_sync = SyncRunner("dns", self.dns.sync, min_interval=0.02, full_interval=30.0)
         self.runners = {
             self.overlay_sync: frozenset({"networks", "endpoints", "vteps"}),
             gw_sync: frozenset({"networks", "endpoints"}),
+            dns_sync: frozenset({"networks", "endpoints", "services", "health"}),
         }
         self.store.listeners.append(self._table_changed)
         for runner in self.runners:
@@ -130,6 +144,8 @@ class Agent:
     async def stop_dataplane(self) -> None:
         for runner in self.runners:
             await runner.stop()
+        if self.dns is not None:
+            await self.dns.close()
         self._kernel_pool.shutdown(wait=True)
 
     def _table_changed(self, table: str, key: str) -> None:
@@ -157,7 +173,7 @@ class Agent:
             await asyncio.wait([stop, asyncio.ensure_future(self.cluster.synced.wait())],
                                return_when=asyncio.FIRST_COMPLETED)
             if not self._stop.is_set():
-                self.start_reconcilers()
+                await self.start_reconcilers()
                 log.info("cluster view synced; data plane running")
             await stop
         finally:
@@ -190,8 +206,26 @@ class Agent:
         async def metrics(request: Any) -> Any:
             return self.metrics()
 
+        async def service_create(request: Any) -> Any:
+            from meshnet.api.server import read_body
+
+            svc = create_service(self.store, await read_body(request), self.clock())
+            log.info("service %s created on %s (%s %s)", svc.name, svc.network, svc.mode,
+                     svc.vip or "")
+            return svc.to_dict()
+
+        async def service_ls(request: Any) -> Any:
+            return [s.to_dict() for s in sorted(self.store.services().values(),
+                                                key=lambda s: s.name)]
+
+        async def service_rm(request: Any) -> Any:
+            remove_service(self.store, request.match_info["name"], self.clock())
+            return {"removed": request.match_info["name"]}
+
         return [(("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
-                (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics)]
+                (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics),
+                (("POST", "/v1/services"), service_create), (("GET", "/v1/services"), service_ls),
+                (("DELETE", "/v1/services/{name}"), service_rm)]
 
     def metrics(self) -> dict[str, Any]:
         """Counters of every subsystem (JSON; the Prometheus view is built from this)."""
@@ -464,6 +498,8 @@ class Agent:
         if name not in self.store.networks():
             raise NotFound(f"no network named {name}")
         users = [e.name for e in self.store.endpoints().values() if e.network == name]
+        users += [f"service {s.name}" for s in self.store.services().values()
+                  if s.network == name]
         if users:
             raise Conflict(f"network {name} is in use by {', '.join(sorted(users)[:5])}")
         self.store.delete("networks", name, self.clock())

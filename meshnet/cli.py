@@ -142,6 +142,39 @@ def cmd_endpoint_ls(args: argparse.Namespace) -> None:
     _emit(args, _client(args).get("/v1/endpoints"), _endpoint_rows)
 
 
+def cmd_service_create(args: argparse.Namespace) -> None:
+    from meshnet.services import parse_health
+
+    body: dict[str, Any] = {"name": args.name, "network": args.network, "mode": args.mode,
+                            "ports": args.port or [], "affinity": args.affinity}
+    health: dict[str, Any] = parse_health(args.health) if args.health else {}
+    for key in ("interval", "timeout", "retries"):
+        value = getattr(args, f"health_{key}")
+        if value is not None:
+            health[key] = value
+    if health:
+        health.setdefault("kind", "tcp")
+        body["health"] = health
+    if args.vip:
+        body["vip"] = args.vip
+    data = _client(args).post("/v1/services", body)
+    _emit(args, data, lambda s: f"service {s['name']} created on {s['network']} "
+                                f"({s['mode']}{', VIP ' + s['vip'] if s['vip'] else ''})")
+
+
+def cmd_service_ls(args: argparse.Namespace) -> None:
+    _emit(args, _client(args).get("/v1/services"), lambda svcs: table(
+        [(s["name"], s["network"], s["mode"], s["vip"] or "-",
+          ",".join(f"{p['port']}/{p['protocol']}" for p in s["ports"]) or "-",
+          s["health"]["kind"], s["affinity"]) for s in svcs],
+        ("NAME", "NETWORK", "MODE", "VIP", "PORTS", "HEALTH", "AFFINITY")))
+
+
+def cmd_service_rm(args: argparse.Namespace) -> None:
+    data = _client(args).delete(f"/v1/services/{args.name}")
+    _emit(args, data, lambda d: f"service {d['removed']} removed")
+
+
 # --- local commands ----------------------------------------------------------------------
 
 
@@ -251,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="endpoint_cmd", required=True, parser_class=_Parser)
     ep.add_parser("ls", parents=[common], help="list endpoints cluster-wide").set_defaults(
         func=cmd_endpoint_ls)
+
+    sv = sub.add_parser("service", help="load-balanced services").add_subparsers(
+        dest="service_cmd", required=True, parser_class=_Parser)
+    sc = sv.add_parser("create", parents=[common], help="create a service")
+    sc.add_argument("name")
+    sc.add_argument("--network", required=True)
+    sc.add_argument("--mode", choices=("vip", "dnsrr"), default="vip")
+    sc.add_argument("--port", action="append", metavar="PORT[/tcp|/udp]")
+    sc.add_argument("--vip", metavar="ADDR", help="pick the VIP (default: allocated)")
+    sc.add_argument("--health", metavar="tcp|http[:PATH]")
+    sc.add_argument("--health-interval", type=float, metavar="S")
+    sc.add_argument("--health-timeout", type=float, metavar="S")
+    sc.add_argument("--health-retries", type=int, metavar="N")
+    sc.add_argument("--affinity", choices=("none", "client-ip"), default="none")
+    sc.set_defaults(func=cmd_service_create)
+    sv.add_parser("ls", parents=[common], help="list services").set_defaults(
+        func=cmd_service_ls)
+    sr = sv.add_parser("rm", parents=[common], help="remove a service")
+    sr.add_argument("name")
+    sr.set_defaults(func=cmd_service_rm)
 
     c = sub.add_parser("cleanup", parents=[common],
                        help="remove every kernel object meshnet owns on this host")

@@ -21,7 +21,8 @@ def api(tmp_path):
     sock = str(tmp_path / "api.sock")
     loop = asyncio.new_event_loop()
     kernel = FakeOverlayKernel({"lab-c1", "lab-c2", "lab-c3"})
-    agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock, state_dir=str(tmp_path)),
+    agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock, state_dir=str(tmp_path),
+                              dns_upstreams=("127.0.0.1:9",)),
                   overlay_kernel=kernel,
                   gw_kernel=FakeGwKernel({"lab-c1", "lab-c2", "lab-c3"}, with_default={"lab-c3"}))
     server = ApiServer(agent, sock)
@@ -197,3 +198,33 @@ def test_gateway_bridge_follows_endpoints(api):
     assert set(p.netns for p in gw.state.ports.values()) == {"lab-c2"}
     call("DELETE", "/v1/endpoints?netns=lab-c2")
     assert gw.state.bridge is None and gw.state.rules == "" and not gw.state.ports
+
+
+def test_services_vip_allocation_and_errors(api):
+    call, _, agent = api
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    svc = call("POST", "/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"],
+                                        "health": {"kind": "http", "path": "/h"}})
+    assert svc["vip"].startswith("10.1.0.") and svc["ports"] == [{"port": 80, "protocol": "tcp"}]
+    rr = call("POST", "/v1/services", {"name": "db", "network": "app", "mode": "dnsrr"})
+    assert rr["vip"] is None
+    ep = call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app", "service": "web"})
+    assert ep["ip"] != svc["vip"]
+    bad = [
+        ({"name": "web", "network": "app"}, "already exists"),
+        ({"name": "x", "network": "nope"}, "no network"),
+        ({"name": "x", "network": "app", "vip": "10.9.0.5"}, "outside"),
+        ({"name": "x", "network": "app", "vip": svc["vip"]}, "in use"),
+        ({"name": "x", "network": "app", "ports": ["99999"]}, "port"),
+        ({"name": "x", "network": "app", "mode": "dnsrr", "vip": "10.1.0.50"}, "no VIP"),
+        ({"name": "x", "network": "app", "health": {"kind": "smtp"}}, "health"),
+    ]
+    for body, needle in bad:
+        with pytest.raises(UserError, match=needle):
+            call("POST", "/v1/services", body)
+    assert [s["name"] for s in call("GET", "/v1/services")] == ["db", "web"]
+    with pytest.raises(UserError, match="in use"):
+        call("DELETE", "/v1/networks/app")
+    call("DELETE", "/v1/services/db")
+    with pytest.raises(UserError, match="no service"):
+        call("DELETE", "/v1/services/db")

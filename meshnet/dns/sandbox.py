@@ -195,3 +195,11 @@ def read_host_upstreams(include_loopback: bool = False,
         if ups:
             return ups
     return []
+
+
+def remove_nat(ns: str | None) -> None:
+    """Remove the redirect chains and jumps from ``ns``'s nat table, if present."""
+    saved = _run_in(ns, ["iptables-save", "-t", "nat"])
+    if saved.returncode != 0 or f":{CHAIN_OUT} " not in saved.stdout:
+        return
+    _run_in(ns, ["iptables-restore", "--noflush"], nat_cleanup_text())

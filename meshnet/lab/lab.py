@@ -20,6 +20,10 @@ from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.lab.topology import RUN_DIR, UNDERLAY, LabSpec, check_lab_name
 from meshnet.model import check_name
 
+RESOLVER_HOST = "h253"  #: the lab's "outside" DNS server (dnsmasq), not an agent host
+RESOLVER_ADDR = "192.0.2.253"
+BIG_TXT = ",".join(f'"{chr(97 + i) * 250}"' for i in range(17))  #: a 4.3 KB TXT answer
+
 log = logging.getLogger("meshnet.lab")
 Progress = Callable[[str], None]
 
@@ -76,6 +80,9 @@ class Lab:
                 for host in spec.host_names:
                     progress(f"host {host}: netns {spec.host_ns(host)}, {spec.host_addr(host)}")
                     self._build_host(host, ul)
+            if self._start_resolver():
+                progress(f"outside resolver (dnsmasq) at {RESOLVER_ADDR}: example.com, "
+                         "*.lab.example")
             for host in spec.host_names:
                 self._start_agent(host, agent_args)
             for host in spec.host_names:
@@ -128,6 +135,27 @@ class Lab:
             self._build_host(host, ul)
         return self.spec.host_ns(host)
 
+    def _start_resolver(self) -> bool:
+        """A DNS server "outside" the cluster, on the underlay: the agents' upstream.
+
+        Labs never forward to the machine's own resolver. Answers example.com and every
+        name under lab.example with its own address; everything else is NXDOMAIN.
+        """
+        dnsmasq = shutil.which("dnsmasq")
+        if not dnsmasq:
+            return False
+        ns = self.add_bare_host(RESOLVER_HOST)
+        logf = open(self.spec.state_dir / "resolver.log", "ab")
+        subprocess.Popen(
+            ["ip", "netns", "exec", ns, dnsmasq, "--no-daemon", "--no-resolv", "--no-hosts",
+             "--bind-interfaces", f"--listen-address={RESOLVER_ADDR}", "--log-queries",
+             f"--pid-file={self.spec.state_dir / 'resolver.pid'}", "--user=root",
+             f"--address=/example.com/{RESOLVER_ADDR}", f"--address=/lab.example/{RESOLVER_ADDR}",
+             "--address=/#/", f"--txt-record=big.lab.example,{BIG_TXT}"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+        logf.close()
+        return True
+
     def agent_command(self, host: str, extra: Sequence[str] = ()) -> list[str]:
         spec = self.spec
         cmd = [
@@ -140,6 +168,8 @@ class Lab:
             "--underlay-mtu", str(spec.underlay_mtu),
             "--netns-prefix", f"{spec.host_ns(host)}-",
         ]
+        if "--dns-upstream" not in extra:
+            cmd += ["--dns-upstream", RESOLVER_ADDR]
         for other in spec.host_names:  # every other host, as a retry-join list
             if other != host:
                 cmd += ["--join", spec.host_addr(other)]

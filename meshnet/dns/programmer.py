@@ -1,0 +1,93 @@
+"""The agent side of the embedded resolver: one ``ContainerDns`` per local container.
+
+For every container namespace with a local endpoint: UDP+TCP sockets on 127.0.0.11:0
+opened inside it, the NAT redirect of 127.0.0.11:53 to them (chains
+``MESHNET-DNS-OUTPUT``/``MESHNET-DNS-POSTROUTING`` in the container's nat table), and,
+for a named namespace, ``/etc/netns/NAME/resolv.conf``. The answer scope is the set of
+networks the container is attached to. Every sync also rebuilds the records view from
+the tables (the sync runner rate-limits that), so answers follow gossip within a round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from meshnet import netns
+from meshnet.dns import records, sandbox
+from meshnet.dns.server import ContainerDns, DnsServer
+from meshnet.store import Store
+from meshnet.vxlan.reconciler import RunInKernel
+
+log = logging.getLogger("meshnet.dns")
+
+
+class DnsProgrammer:
+    def __init__(self, node: str, store: Store, server: DnsServer, run: RunInKernel,
+                 pending: set[str] | None = None, resolv_root: str = "/etc/netns") -> None:
+        self.node = node
+        self.store = store
+        self.server = server
+        self.run = run
+        self.pending = pending if pending is not None else set()
+        self.resolv_root = resolv_root
+        self.handles: dict[str, ContainerDns] = {}
+        self.ports: dict[str, tuple[int, int]] = {}
+        self.view_builds = 0
+
+    def scopes(self) -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for key, e in self.store.endpoints().items():
+            if e.host == self.node and e.netns and key not in self.pending:
+                out.setdefault(e.netns, set()).add(e.network)
+        return {ns: frozenset(nets) for ns, nets in out.items()}
+
+    async def sync(self, full: bool) -> None:
+        self.server.set_view(records.from_store(self.store))
+        self.view_builds += 1
+        want = self.scopes()
+        for ns in [ns for ns in self.handles if ns not in want]:
+            await self._stop(ns)
+        for ns, scope in want.items():
+            if ns in self.handles:
+                self.handles[ns].scope = scope
+                if full:  # repair the redirect if someone flushed the container's nat table
+                    udp, tcp = self.ports[ns]
+                    await self.run(lambda ns=ns, u=udp, t=tcp: self._nat(ns, u, t))
+            elif os.path.exists(netns.path_of(ns)):
+                await self._start(ns, scope)
+
+    def _nat(self, ns: str, udp: int, tcp: int) -> None:
+        if os.path.exists(netns.path_of(ns)):
+            sandbox.apply_nat(ns, udp, tcp)
+
+    async def _start(self, ns: str, scope: frozenset[str]) -> None:
+        socks = await self.run(lambda: sandbox.open_sockets(ns))
+        try:
+            await self.run(lambda: sandbox.apply_nat(ns, socks.udp_port, socks.tcp_port))
+            if not ns.startswith("/"):
+                sandbox.write_resolv_conf(ns, self.resolv_root)
+            self.handles[ns] = await self.server.serve(socks.udp, socks.tcp, scope)
+        except BaseException:
+            socks.close()
+            raise
+        self.ports[ns] = (socks.udp_port, socks.tcp_port)
+        log.info("resolver for %s on 127.0.0.11 (udp %d, tcp %d), networks %s", ns,
+                 socks.udp_port, socks.tcp_port, ",".join(sorted(scope)))
+
+    async def _stop(self, ns: str) -> None:
+        handle = self.handles.pop(ns)
+        self.ports.pop(ns, None)
+        await handle.close()
+        if os.path.exists(netns.path_of(ns)):
+            await self.run(lambda: sandbox.remove_nat(ns))
+        if not ns.startswith("/"):
+            sandbox.remove_resolv_conf(ns, self.resolv_root)
+
+    async def close(self) -> None:
+        """Agent stop: close the sockets (a restarted agent opens new ones and re-points
+        the redirect); the container keeps its resolv.conf."""
+        for handle in list(self.handles.values()):
+            await handle.close()
+        self.handles.clear()
+        await self.server.close()

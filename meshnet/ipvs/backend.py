@@ -1,0 +1,54 @@
+"""The common backend interface and ``choose_backend``.
+
+Both backends follow the reconciler contract (style rule 3), with plain-data plans::
+
+    have = backend.observe()                  # read the kernel (full syncs, startup)
+    ops = backend.plan(want, have, full)      # pure: LbState x observed -> ops
+    have, skipped = backend.apply(ops, have)  # -> the state now in the kernel
+    backend.cleanup()                         # remove everything meshnet owns
+
+``skipped`` lists namespaces that do not exist yet (a sandbox the overlay has not made):
+their ops were not applied and the next sync retries them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+from meshnet.errors import ConfigError
+from meshnet.ipvs.iptables import CommandRunner, IptablesBackend
+from meshnet.ipvs.ipvs import IpvsBackend, ipvs_available
+from meshnet.ipvs.state import LbConfig, LbState
+
+LbChoice = Literal["auto", "ipvs", "iptables"]
+
+
+class LbBackend(Protocol):
+    name: str
+
+    def observe(self) -> Any: ...
+    def plan(self, want: LbState, have: Any, full: bool = False) -> Any: ...
+    def apply(self, ops: Any, have: Any) -> tuple[Any, list[str]]: ...
+    def cleanup(self) -> list[str]: ...
+
+
+def choose_backend(lb: LbChoice, prefix: str, *, host_ns: str | None = None,
+                   iptables: str = "iptables", config: LbConfig | None = None,
+                   probe=ipvs_available) -> tuple[LbBackend, str]:
+    """(backend, why it was chosen). ``auto``: ipvs when the kernel has it, else iptables.
+    ``ipvs`` on a kernel without it is a configuration error (one clear line).
+    ``iptables`` names the binary family (``iptables`` or ``iptables-legacy``, or a path
+    prefix such as ``/usr/sbin/iptables-legacy``)."""
+    runner = CommandRunner(prefix, binary=iptables, host_ns=host_ns)
+    if lb == "iptables":
+        return IptablesBackend(runner, config), "iptables: chosen by configuration"
+    ok, why = probe()
+    if lb == "ipvs":
+        if not ok:
+            raise ConfigError(f"--lb ipvs: this kernel has no IPVS ({why})")
+        return IpvsBackend(runner, config), "ipvs: chosen by configuration"
+    if lb != "auto":
+        raise ConfigError(f"invalid lb {lb!r}: use auto, ipvs or iptables")
+    if ok:
+        return IpvsBackend(runner, config), "ipvs: the kernel has IPVS (auto)"
+    return IptablesBackend(runner, config), f"iptables: no IPVS ({why}) (auto)"

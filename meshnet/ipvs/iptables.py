@@ -1,0 +1,310 @@
+"""The iptables backend: rulesets -> one ``iptables-restore --noflush`` per namespace.
+
+* ``plan(want, have, full)`` (pure) -> one :class:`Restore` per namespace that needs a
+  change: chains to (re)write, stale chains to delete, jumps to add or remove. A partial
+  sync writes only chains whose digest differs (a one-backend change at 1,000 services
+  writes that service's SVC chain and the new/removed SEP chains: nothing else); a full
+  sync rewrites every chain meshnet wants.
+* ``parse_save(text)`` (pure) -> :class:`Observed`: meshnet-owned chains with their
+  digests, and the jumps into them. The backend observes with ``iptables-save``.
+* :class:`IptablesBackend` runs the binaries found on PATH (``iptables-restore`` is the
+  nft variant here, so everything shows in the host's own ``iptables-save``); pass
+  ``binary="iptables-legacy"`` (or a path) for the legacy one. Each namespace's
+  transaction is atomic; namespaces are independent (a missing sandbox is skipped and
+  retried on the next sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshnet import netns
+from meshnet.errors import KernelError
+from meshnet.ipvs.rules import CHAIN_PREFIX, DIGEST_TAG, HOST, Chain, Jump, Ruleset, render
+from meshnet.ipvs.state import LbConfig, LbState
+
+log = logging.getLogger("meshnet.ipvs")
+
+_DIGEST_RE = re.compile(r'^-m comment --comment "?' + re.escape(DIGEST_TAG) + r'([A-Z2-7]+)"?$')
+BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+TABLE_ORDER = ("filter", "nat", "mangle")
+
+
+@dataclass
+class Observed:
+    """Per namespace: owned chains -> digest, and the jumps into them."""
+
+    chains: dict[str, dict[tuple[str, str], str]] = field(default_factory=dict)
+    jumps: dict[str, set[Jump]] = field(default_factory=dict)
+
+    def namespaces(self) -> set[str]:
+        return set(self.chains) | set(self.jumps)
+
+    def copy(self) -> Observed:
+        return Observed({k: dict(v) for k, v in self.chains.items()},
+                        {k: set(v) for k, v in self.jumps.items()})
+
+
+def observed_of(rulesets: Mapping[str, Ruleset]) -> Observed:
+    """What ``observe`` would see after ``rulesets`` were applied."""
+    out = Observed()
+    for ns, rs in rulesets.items():
+        if rs.chains or rs.jumps:
+            out.chains[ns] = {k: c.digest for k, c in rs.chains.items()}
+            out.jumps[ns] = set(rs.jumps)
+    return out
+
+
+@dataclass(frozen=True)
+class Restore:
+    """One atomic iptables-restore transaction in one namespace (plain data)."""
+
+    ns: str
+    text: str
+    written: tuple[tuple[tuple[str, str], str], ...] = ()  #: ((table, chain), digest)
+    deleted: tuple[tuple[str, str], ...] = ()
+    jumps_added: tuple[Jump, ...] = ()
+    jumps_removed: tuple[Jump, ...] = ()
+
+
+def plan(want: Mapping[str, Ruleset], have: Observed, full: bool = False) -> list[Restore]:
+    out = []
+    for ns in sorted(set(want) | have.namespaces()):
+        rs = want.get(ns, Ruleset())
+        hc = have.chains.get(ns, {})
+        hj = have.jumps.get(ns, set())
+        write = [c for k, c in sorted(rs.chains.items()) if full or hc.get(k) != c.digest
+                 or k not in hc]
+        delete = sorted(k for k in hc if k not in rs.chains)
+        add = sorted(rs.jumps - hj)
+        remove = sorted(hj - rs.jumps)
+        if write or delete or add or remove:
+            out.append(Restore(ns, restore_text(write, delete, add, remove),
+                               tuple((c.key, c.digest) for c in write), tuple(delete),
+                               tuple(add), tuple(remove)))
+    return out
+
+
+def restore_text(write: Iterable[Chain], delete: Iterable[tuple[str, str]],
+                 add: Iterable[Jump], remove: Iterable[Jump]) -> str:
+    """The ``--noflush`` input. Per table: declare (= create or flush) every chain written
+    or deleted, append the rules, insert missing jumps, drop stale jumps, delete chains."""
+    tables: dict[str, list[list[str]]] = {}
+
+    def sect(t: str) -> list[list[str]]:
+        return tables.setdefault(t, [[], [], [], [], []])
+
+    for c in write:
+        s = sect(c.table)
+        s[0].append(f":{c.name} - [0:0]")
+        s[1].extend(f"-A {c.name} {r}" for r in c.rules)
+    for j in add:
+        sect(j.table)[2].append(f"-I {j.chain} 1 {j.spec}")
+    for j in remove:
+        sect(j.table)[3].append(f"-D {j.chain} {j.spec}")
+    for t, name in delete:
+        s = sect(t)
+        s[0].append(f":{name} - [0:0]")
+        s[4].append(f"-X {name}")
+    lines: list[str] = []
+    for t in sorted(tables, key=lambda t: (TABLE_ORDER.index(t) if t in TABLE_ORDER else 9, t)):
+        lines.append(f"*{t}")
+        for part in tables[t]:
+            lines.extend(part)
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def parse_save(text: str) -> tuple[dict[tuple[str, str], str], set[Jump]]:
+    """Owned chains (-> digest, "" if none) and jumps into them, from iptables-save."""
+    chains: dict[tuple[str, str], str] = {}
+    jumps: set[Jump] = set()
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":"):
+            name = line[1:].split()[0]
+            if name.startswith(CHAIN_PREFIX):
+                chains[(table, name)] = ""
+        elif line.startswith("-A "):
+            _, chain, spec = line.split(" ", 2)
+            if chain in BUILTIN:
+                if f"-j {CHAIN_PREFIX}" in spec:
+                    jumps.add(Jump(table, chain, spec))
+            elif (table, chain) in chains and chains[(table, chain)] == "":
+                m = _DIGEST_RE.match(spec)
+                if m:
+                    chains[(table, chain)] = m.group(1)
+    return chains, jumps
+
+
+class IptablesRunner(Protocol):
+    """How the backend talks to iptables in one namespace (the fake lives in tests)."""
+
+    def restore(self, ns: str, text: str) -> None: ...
+    def save(self, ns: str) -> str: ...
+    def namespaces(self) -> list[str]: ...
+
+
+class CommandRunner:
+    """The real binaries, run inside a namespace by setns in the child (no mount
+    namespace games, unlike `ip netns exec`). ``host_ns`` None: the agent's own."""
+
+    def __init__(self, prefix: str, binary: str = "iptables", host_ns: str | None = None,
+                 timeout: float = 60.0) -> None:
+        self.prefix = prefix
+        self.host_ns = host_ns
+        self.timeout = timeout
+        self.restore_bin = _find(f"{binary}-restore")
+        self.save_bin = _find(f"{binary}-save")
+        self.legacy = "legacy" in os.path.basename(self.restore_bin)
+
+    def _enter(self, ns: str) -> Callable[[], None] | None:
+        target = self.host_ns if ns == HOST else ns
+        if target is None:
+            return None
+        if not os.path.exists(netns.path_of(target)):
+            raise FileNotFoundError(f"namespace {target} does not exist")
+        return lambda: netns.enter(target)
+
+    def restore(self, ns: str, text: str) -> None:
+        cmd = [self.restore_bin, "--noflush"] + (["-w"] if self.legacy else [])
+        r = subprocess.run(cmd, input=text, capture_output=True, text=True,
+                           preexec_fn=self._enter(ns), timeout=self.timeout)
+        if r.returncode != 0:
+            raise KernelError(f"iptables-restore in {ns or 'host'} failed: "
+                              f"{r.stderr.strip()[:500]}")
+
+    def save(self, ns: str) -> str:
+        out = []
+        for table in ("nat", "filter"):
+            r = subprocess.run([self.save_bin, "-t", table], capture_output=True, text=True,
+                               preexec_fn=self._enter(ns), timeout=self.timeout)
+            if r.returncode != 0:
+                raise KernelError(f"iptables-save in {ns or 'host'} failed: {r.stderr.strip()}")
+            out.append(r.stdout)
+        return "".join(out)
+
+    def namespaces(self) -> list[str]:
+        return [HOST] + [n for n in netns.list_netns() if n.startswith(self.prefix + "ov-")]
+
+
+def _find(binary: str) -> str:
+    path = binary if os.sep in binary else shutil.which(binary)
+    if not path or not os.access(path, os.X_OK):
+        raise KernelError(f"{binary} not found")
+    return path
+
+
+class IptablesBackend:
+    """observe() -> Observed; plan(); apply(plan) -> what is now there; cleanup()."""
+
+    name = "iptables"
+
+    def observe(self) -> Observed:
+        out = Observed()
+        for ns in self.runner.namespaces():
+            try:
+                chains, jumps = parse_save(self.runner.save(ns))
+            except FileNotFoundError:
+                continue
+            if chains or jumps:
+                out.chains[ns], out.jumps[ns] = chains, jumps
+        return out
+
+    def __init__(self, runner: IptablesRunner, config: LbConfig | None = None) -> None:
+        self.runner = runner
+        self.config = config or LbConfig()
+        self._memo: dict = {}  #: rendered chains by virtual service value
+
+    def render(self, want: LbState) -> dict[str, Ruleset]:
+        memo, self._memo = self._memo, {}
+        # keep only what this state uses: the cache never outgrows the state
+        out = render(want, self.config, _Memo(memo, self._memo))
+        return out
+
+    def plan(self, want: LbState, have: Observed, full: bool = False) -> list[Restore]:
+        return plan(self.render(want), have, full)
+
+    def apply(self, ops: Iterable[Restore], have: Observed) -> tuple[Observed, list[str]]:
+        """Run each transaction; returns the new observed state and the namespaces that
+        were skipped because they do not exist (yet). A failed restore raises."""
+        now = have.copy()
+        skipped = []
+        for op in ops:
+            try:
+                self.runner.restore(op.ns, op.text)
+            except FileNotFoundError:
+                skipped.append(op.ns)
+                continue
+            chains = now.chains.setdefault(op.ns, {})
+            for k, digest in op.written:
+                chains[k] = digest
+            for k in op.deleted:
+                chains.pop(k, None)
+            jumps = now.jumps.setdefault(op.ns, set())
+            jumps |= set(op.jumps_added)
+            jumps -= set(op.jumps_removed)
+            if not chains and not jumps:
+                now.chains.pop(op.ns, None)
+                now.jumps.pop(op.ns, None)
+        return now, skipped
+
+    def cleanup(self) -> list[str]:
+        """Remove every owned chain and every jump into one, in every namespace."""
+        have = self.observe()
+        ops = plan({}, have)
+        self.apply(ops, have)
+        return [f"{op.ns or 'host'}:{t}/{c}" for op in ops for t, c in op.deleted]
+
+
+class _Memo(dict):
+    """Reads from last sync's cache, writes into this sync's (so stale entries drop)."""
+
+    def __init__(self, old: dict, new: dict) -> None:
+        super().__init__()
+        self.old, self.new = old, new
+
+    def get(self, key, default=None):  # type: ignore[override]
+        v = self.new.get(key)
+        if v is None:
+            v = self.old.get(key)
+            if v is not None:
+                self.new[key] = v
+        return v if v is not None else default
+
+    def __setitem__(self, key, value) -> None:
+        self.new[key] = value
+
+
+# --- conntrack ------------------------------------------------------------------------
+
+
+def conntrack_flush_args(vip: str, port: int, backend_ip: str, proto: str = "udp") -> list[str]:
+    """``conntrack -D`` arguments for entries of one removed backend of one VIP."""
+    return ["-D", "-p", proto, "--orig-dst", vip, "--orig-port-dst", str(port),
+            "--reply-src", backend_ip]
+
+
+def conntrack_delete(ns: str | None, args: list[str], binary: str = "conntrack") -> int:
+    """Delete conntrack entries in ``ns`` (None: this namespace). Returns how many.
+    Exit status 1 with '0 flow entries' is success (nothing matched)."""
+    path = _find(binary)
+    pre = (lambda: netns.enter(ns)) if ns else None
+    r = subprocess.run([path, *args], capture_output=True, text=True, preexec_fn=pre,
+                       timeout=10)
+    msg = r.stderr + r.stdout
+    for word in msg.split("\n"):
+        if "flow entries have been deleted" in word:
+            return int(word.split()[-6]) if word.split()[-6].isdigit() else 0
+    if r.returncode not in (0, 1):
+        raise KernelError(f"conntrack {' '.join(args)} failed: {msg.strip()}")
+    return 0

@@ -1,0 +1,224 @@
+"""Render an :class:`LbState` to iptables chains (pure), in ``iptables-save`` syntax.
+
+One :class:`Ruleset` per namespace: each sandbox (``nat`` only) and the host namespace
+(key ``HOST``: ``nat`` and ``filter``), made of meshnet-owned chains and the jumps into
+them from built-in chains.
+
+Chains (all in ``nat`` unless said otherwise; ``H`` = 16 base32 characters of a hash)::
+
+  sandbox  PREROUTING  -> MESHNET-SERVICES     one rule per VIP:port/proto with backends
+                          MESHNET-SVC-H        per virtual service: mark ingress traffic for
+                                               SNAT, affinity checks, then random choice
+                          MESHNET-SEP-H        per (service, backend): hairpin mark, DNAT
+           POSTROUTING -> MESHNET-POSTROUTING  SNAT marked packets to the LB address
+                          MESHNET-MARK-MASQ    sets the masquerade bit
+  host     PREROUTING, OUTPUT (dst-type LOCAL) -> MESHNET-INGRESS   per published port
+                          MESHNET-PUB-H        per local-only published port: random choice
+                          MESHNET-SEP-H        DNAT to a local task (no SNAT)
+           POSTROUTING -> MESHNET-POSTROUTING  masquerade localhost clients into sandboxes
+  host filter INPUT   -> MESHNET-INPUT         refuse a published port nothing DNATed
+              FORWARD -> MESHNET-FORWARD       accept DNATed traffic to/from ingress links
+
+Random choice is kube-proxy's: backend i of n is taken with probability 1/(n-i), so each
+gets 1/n. Affinity is kube-proxy's too: ``-m recent`` per (service, backend) SEP chain.
+
+Every chain except SEP chains starts with a ``-m comment --comment mn:<digest>`` rule:
+the digest of the chain's content, read back by ``observe`` so a sync rewrites only
+chains whose content changed, and an agent restart adopts unchanged chains. A SEP chain's
+name is a hash of everything its content depends on, so its name is its digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshnet.ipvs.state import (
+    INGRESS_SANDBOX_IFNAME,
+    Backend,
+    LbConfig,
+    LbState,
+    PublishedRule,
+    SandboxLb,
+    short_hash,
+)
+
+HOST = ""  #: the namespace key of the host namespace
+CHAIN_PREFIX = "MESHNET-"
+SERVICES = "MESHNET-SERVICES"
+POSTROUTING = "MESHNET-POSTROUTING"
+MARK_MASQ = "MESHNET-MARK-MASQ"
+HAIRPIN = "MESHNET-HAIRPIN"
+INGRESS = "MESHNET-INGRESS"
+INPUT = "MESHNET-INPUT"
+FORWARD = "MESHNET-FORWARD"
+DIGEST_TAG = "mn:"
+JUMP_COMMENT = "-m comment --comment meshnet"
+
+
+@dataclass(frozen=True)
+class Chain:
+    table: str
+    name: str
+    rules: tuple[str, ...]  #: rule arguments, without ``-A NAME``
+    digest: str = ""  #: "" for content-addressed (SEP) chains
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.table, self.name)
+
+
+@dataclass(frozen=True, order=True)
+class Jump:
+    """A rule in a built-in chain jumping to a meshnet chain (``spec`` ends in -j X)."""
+
+    table: str
+    chain: str
+    spec: str
+
+    @property
+    def target(self) -> str:
+        return self.spec.rsplit("-j ", 1)[1].split()[0]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    chains: Mapping[tuple[str, str], Chain] = field(default_factory=dict)
+    jumps: frozenset[Jump] = frozenset()
+
+
+def _digested(table: str, name: str, body: list[str]) -> Chain:
+    digest = short_hash(table, name, *body)
+    return Chain(table, name, (f"-m comment --comment {DIGEST_TAG}{digest}", *body), digest)
+
+
+def _net(ip) -> str:
+    return f"{ip}/{32 if ip.version == 4 else 128}"
+
+
+def _dport(proto: str, port: int) -> str:
+    return f"-p {proto} -m {proto} --dport {port}"
+
+
+def probability(i: int, n: int) -> str:
+    """Rule text for 'take this one of the remaining n-i' (kube-proxy's format)."""
+    return f"{1.0 / (n - i):0.10f}"
+
+
+def _recent(scope: str, key: str, b: Backend) -> str:
+    return f"mn-{short_hash(scope, key, b)}"
+
+
+def _choice(table: str, name: str, head: list[str], scope: str, key: str, proto: str,
+            backends: Iterable[Backend], affinity: bool, seconds: int) -> Chain:
+    """The chain of one virtual service: pick a backend at random (or the client's previous
+    one), DNAT to it inline. No per-backend chains: one chain and n+2 rules per service
+    keep iptables-nft's cache (read on every restore) small."""
+    bs = list(backends)
+    body = list(head)
+    rec = "--mask 255.255.255.255 --rsource"
+    if affinity:
+        body += [f"-p {proto} -m recent --rcheck --seconds {seconds} --reap "
+                 f"--name {_recent(scope, key, b)} {rec} -j DNAT --to-destination {b}"
+                 for b in bs]
+    n = len(bs)
+    for i, b in enumerate(bs):
+        stat = (f"-m statistic --mode random --probability {probability(i, n)} "
+                if i < n - 1 else "")
+        setrec = f"-m recent --set --name {_recent(scope, key, b)} {rec} " if affinity else ""
+        body.append(f"-p {proto} {stat}{setrec}-j DNAT --to-destination {b}")
+    return _digested(table, name, body)
+
+
+def svc_chain_name(scope: str, key: str) -> str:
+    return f"{CHAIN_PREFIX}SVC-{short_hash(scope, key)}"
+
+
+def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: dict | None = None) -> Ruleset:
+    """``memo`` (optional, owned by the caller) caches each service's chains by value, so
+    re-rendering 1,000 unchanged services costs a dict lookup each."""
+    chains: dict[tuple[str, str], Chain] = {}
+    dispatch: list[str] = []
+    hairpin: set = set()
+    for vs in sb.services:
+        if not vs.backends or vs.vip.version != 4:
+            continue  # no backend: the VIP is local, so the sandbox refuses (RST/ICMP)
+        mkey = (sb.ns, sb.ingress, vs.key)
+        hit = memo.get(mkey) if memo is not None else None
+        if hit is not None and hit[0] == vs:
+            made, line = hit[1], hit[2]
+        else:
+            svc = svc_chain_name(sb.ns, vs.key)
+            head = [f"-i {INGRESS_SANDBOX_IFNAME} -j {MARK_MASQ}"] if sb.ingress else []
+            made = _choice("nat", svc, head, sb.ns, vs.key, vs.protocol, vs.backends,
+                           vs.affinity, cfg.affinity_seconds)
+            line = f"-d {_net(vs.vip)} {_dport(vs.protocol, vs.port)} -j {svc}"
+            if memo is not None:
+                memo[mkey] = (vs, made, line)
+        chains[made.key] = made
+        dispatch.append(line)
+        hairpin.update(b.ip for b in vs.backends if b.local)
+    if not dispatch:
+        return Ruleset()
+    mark = f"0x{cfg.masq_mark:x}"
+    snat = f"-j SNAT --to-source {sb.lb_ip}" if sb.lb_ip is not None else "-j MASQUERADE"
+    # a local task that picked itself gets its packet back with its own address as the
+    # source and would drop it: masquerade it to the bridge address (kube-proxy's hairpin
+    # masquerade; after DNAT, source == destination). One rule per local task, in a chain
+    # of its own that changes only when this host's tasks change.
+    pins = [f"-s {_net(ip)} -d {_net(ip)} -j MASQUERADE"
+            for ip in sorted(hairpin, key=lambda a: (a.version, int(a)))]
+    for c in (_digested("nat", SERVICES, dispatch),
+              _digested("nat", MARK_MASQ, [f"-j MARK --set-xmark {mark}/{mark}"]),
+              _digested("nat", HAIRPIN, pins),
+              _digested("nat", POSTROUTING, [f"-j {HAIRPIN}",
+                                             f"-m mark ! --mark {mark}/{mark} -j RETURN",
+                                             f"-j MARK --set-xmark {mark}/0x0", snat])):
+        chains[c.key] = c
+    jumps = frozenset({Jump("nat", "PREROUTING", f"{JUMP_COMMENT} -j {SERVICES}"),
+                       Jump("nat", "POSTROUTING", f"{JUMP_COMMENT} -j {POSTROUTING}")})
+    return Ruleset(chains, jumps)
+
+
+def render_host(published: Iterable[PublishedRule], cfg: LbConfig) -> Ruleset:
+    chains: dict[tuple[str, str], Chain] = {}
+    ingress: list[str] = []
+    refuse: list[str] = []
+    for p in published:
+        match = _dport(p.protocol, p.published)
+        reject = "tcp-reset" if p.protocol == "tcp" else "icmp-port-unreachable"
+        refuse.append(f"{match} -j REJECT --reject-with {reject}")
+        if p.kind == "mesh" and p.vip is not None and p.vip.version == 4:
+            ingress.append(f"{match} -j DNAT --to-destination {p.vip}:{p.target}")
+        elif p.kind == "local" and all(b.ip.version == 4 for b in p.backends):
+            name = f"{CHAIN_PREFIX}PUB-{short_hash(HOST, p.key)}"
+            c = _choice("nat", name, [], HOST, p.key, p.protocol, p.backends, p.affinity,
+                        cfg.affinity_seconds)
+            chains[c.key] = c
+            ingress.append(f"{match} -j {name}")
+    if not refuse:
+        return Ruleset()
+    for c in (_digested("nat", INGRESS, ingress),
+              _digested("nat", POSTROUTING, ["-s 127.0.0.0/8 -o mn-ing+ -j MASQUERADE"]),
+              _digested("filter", INPUT, refuse),
+              _digested("filter", FORWARD, [
+                  "-o mn-ing+ -m conntrack --ctstate DNAT -j ACCEPT",
+                  "-i mn-ing+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"])):
+        chains[c.key] = c
+    local = f"-m addrtype --dst-type LOCAL {JUMP_COMMENT} -j {INGRESS}"
+    jumps = frozenset({Jump("nat", "PREROUTING", local), Jump("nat", "OUTPUT", local),
+                       Jump("nat", "POSTROUTING", f"{JUMP_COMMENT} -j {POSTROUTING}"),
+                       Jump("filter", "INPUT", f"{JUMP_COMMENT} -j {INPUT}"),
+                       Jump("filter", "FORWARD", f"{JUMP_COMMENT} -j {FORWARD}")})
+    return Ruleset(chains, jumps)
+
+
+def render(state: LbState, cfg: LbConfig | None = None,
+           memo: dict | None = None) -> dict[str, Ruleset]:
+    """{namespace: Ruleset}; the host namespace is ``HOST``. Empty rulesets are kept, so
+    a namespace whose last service went away gets its chains removed."""
+    cfg = cfg or LbConfig()
+    out = {sb.ns: render_sandbox(sb, cfg, memo) for sb in state.sandboxes}
+    out[HOST] = render_host(state.host.published, cfg)
+    return out
+

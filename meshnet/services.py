@@ -1,0 +1,81 @@
+"""Service definitions: validation, VIP allocation, removal (cluster-scoped table).
+
+A service lives on one network; tasks are endpoints attached with ``--service NAME``.
+``mode vip`` gets a virtual IP from the network's subnet (never an endpoint's address,
+the gateway or another VIP); ``mode dnsrr`` has none and DNS returns the healthy tasks.
+The load-balancing data plane (``meshnet/ipvs``) and DNS read these records.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from meshnet.errors import Conflict, NotFound, UserError
+from meshnet.model import HealthSpec, PortSpec, PublishedPort, Service, parse_port_spec
+from meshnet.store import Store
+from meshnet.vxlan.ipam import allocate, check_static
+
+SERVICE_FIELDS = {"name", "network", "mode", "ports", "health", "affinity", "vip"}
+HEALTH_FIELDS = {"kind", "path", "interval", "timeout", "retries"}
+
+
+def parse_health(text: str) -> dict[str, Any]:
+    """CLI form: ``tcp``, ``http`` or ``http:/path``."""
+    kind, _, path = text.partition(":")
+    if kind not in ("tcp", "http", "none") or (path and kind != "http"):
+        raise UserError(f"invalid --health {text!r}: use tcp, http or http:/PATH")
+    return {"kind": kind, **({"path": path} if path else {})}
+
+
+def create_service(store: Store, body: dict[str, Any], now: float) -> Service:
+    unknown = set(body) - SERVICE_FIELDS
+    if unknown:
+        raise UserError(f"unknown service field(s): {', '.join(sorted(unknown))}")
+    name, netname = body.get("name"), body.get("network")
+    if not isinstance(name, str) or not isinstance(netname, str):
+        raise UserError("a service needs a name and a network")
+    if name in store.services():
+        raise Conflict(f"service {name} already exists")
+    net = store.networks().get(netname)
+    if net is None:
+        raise NotFound(f"no network named {netname}")
+    ports = body.get("ports") or []
+    if not isinstance(ports, list):
+        raise UserError("ports must be a list such as [\"80/tcp\"]")
+    port_specs = tuple(parse_port_spec(p) if isinstance(p, str) else PortSpec.from_dict(p)
+                       for p in ports)
+    health = body.get("health") or {}
+    if not isinstance(health, dict) or set(health) - HEALTH_FIELDS:
+        raise UserError(f"invalid health spec {health!r}")
+    mode = body.get("mode", "vip")
+    vip = None
+    if mode == "vip":
+        taken = {e.ip for e in store.endpoints().values() if e.network == netname}
+        taken |= {s.vip for s in store.services().values()
+                  if s.network == netname and s.vip is not None}
+        if body.get("vip"):
+            vip = check_static(net, str(body["vip"]), taken)
+        else:
+            vip = allocate(net, taken, f"svc/{name}")
+    elif body.get("vip"):
+        raise UserError("a dnsrr service has no VIP")
+    svc = Service(name=name, network=netname, vip=vip, mode=mode, ports=port_specs,
+                  health=HealthSpec(**health), affinity=body.get("affinity", "none"))
+    store.put("services", name, svc, now)
+    return svc
+
+
+def remove_service(store: Store, name: str, now: float) -> None:
+    if name not in store.services():
+        raise NotFound(f"no service named {name}")
+    published = [p.key for p in store.all("published").values()
+                 if isinstance(p, PublishedPort) and p.service == name]
+    if published:
+        raise Conflict(f"service {name} is published on {', '.join(sorted(published))}; "
+                       "unpublish it first")
+    store.delete("services", name, now)
+
+
+def vip_in_subnet(svc: Service, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return svc.vip is not None and svc.vip in subnet

@@ -1,0 +1,128 @@
+"""Issue 7 acceptance: the embedded resolver at 127.0.0.11 in every attached container."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import dns.reversename
+import pytest
+from conftest import api, ns_exec, py_in, wait_until
+from test_overlay import converged, overlay_setup
+
+from meshnet.lab.lab import RESOLVER_ADDR
+
+
+def run(lab, host, name, network, service=None, aliases=()):
+    body = {"network": network, "name": name, "aliases": list(aliases)}
+    if service:
+        body["service"] = service
+    return lab.run(host, name, ["sleep", "3600"], body)["endpoint"]
+
+
+def dig(lab, c, *args):
+    r = ns_exec(lab.spec.container_ns(c), "dig", "+time=2", "+tries=1", *args)
+    return r.stdout
+
+
+def short(lab, c, *args):
+    return sorted(dig(lab, c, "+short", *args).split())
+
+
+def status(lab, c, *args):
+    out = dig(lab, c, *args)
+    return out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else out
+
+
+@pytest.fixture
+def cluster(make_lab):
+    lab = make_lab(hosts=3, agent_args=["--dns-upstream", "192.0.2.1",
+                                        "--dns-upstream", RESOLVER_ADDR])
+    overlay_setup(lab, "app", "10.90.0.0/24")
+    overlay_setup(lab, "other", "10.91.0.0/24")
+    a = api(lab, "h1")
+    web = a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
+    a.post("/v1/services", {"name": "db", "network": "app", "mode": "dnsrr",
+                            "ports": ["5432/tcp"]})
+    for h in lab.spec.host_names:
+        wait_until(lambda h=h: len(api(lab, h).get("/v1/services")) == 2, what="services")
+    eps = {
+        "web1": run(lab, "h1", "web1", "app", "web", ["www"]),
+        "web2": run(lab, "h2", "web2", "app", "web"),
+        "db1": run(lab, "h2", "db1", "app", "db"),
+        "db2": run(lab, "h3", "db2", "app", "db"),
+        "c1": run(lab, "h3", "c1", "app"),
+        "secret": run(lab, "h1", "secret", "other"),
+    }
+    converged(lab, 6)
+    time.sleep(0.2)
+    return lab, eps, web
+
+
+def test_names_services_tasks_srv_ptr_and_scope(cluster):
+    lab, eps, web = cluster
+    ip = {n: e["ip"] for n, e in eps.items()}
+    assert short(lab, "c1", "web1") == [ip["web1"]]
+    assert short(lab, "c1", "WWW") == [ip["web1"]]  # alias, case-insensitive
+    assert short(lab, "c1", "web1.app") == [ip["web1"]]
+    assert short(lab, "c1", "web") == [web["vip"]]
+    assert short(lab, "c1", "tasks.web") == sorted([ip["web1"], ip["web2"]])
+    assert short(lab, "c1", "db") == sorted([ip["db1"], ip["db2"]])
+    srv = dig(lab, "c1", "+short", "SRV", "_80._tcp.web")
+    assert srv.split()[2] == "80" and srv.split()[3].rstrip(".").startswith("web")
+    rev = dns.reversename.from_address(ip["web1"]).to_text()
+    assert short(lab, "c1", "PTR", rev) == ["web1.app."]
+    vrev = dns.reversename.from_address(web["vip"]).to_text()
+    assert short(lab, "c1", "PTR", vrev) == ["web.app."]
+    assert status(lab, "c1", "secret") == "NXDOMAIN"  # not on c1's networks
+    assert status(lab, "c1", "AAAA", "web1") == "NOERROR" and not short(lab, "c1", "AAAA", "web1")
+    assert status(lab, "c1", "nosuchname") == "NXDOMAIN"
+
+
+def test_external_names_forwarded_even_with_the_first_upstream_dead(cluster):
+    lab, _, _ = cluster
+    ns = lab.spec.container_ns("c1")
+    times = []
+    for i in range(10):
+        t0 = time.monotonic()
+        out = ns_exec(ns, "dig", "+short", "+time=2", "+tries=1", f"n{i}.lab.example").stdout
+        times.append(time.monotonic() - t0)
+        assert out.split() == [RESOLVER_ADDR]
+    # dig itself (process start) costs ~10 ms; the answer must not wait for the dead one
+    assert sorted(times)[len(times) // 2] < 0.1, times
+    assert max(times[1:]) < 0.2, times
+
+
+def test_dead_host_tasks_leave_dns_within_2s(cluster):
+    lab, eps, _ = cluster
+    os.kill(lab.agent_pid("h2"), signal.SIGKILL)
+    wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h3").get("/v1/members")}
+               .get("h2") == "failed", timeout=15, what="h2 failed")
+    t0 = time.monotonic()
+    wait_until(lambda: short(lab, "c1", "tasks.web") == [eps["web1"]["ip"]] and
+               short(lab, "c1", "db") == [eps["db2"]["ip"]], timeout=5, interval=0.05,
+               what="dead host's tasks gone from DNS")
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_own_port_53_and_truncation(cluster):
+    lab, eps, _ = cluster
+    ns = lab.spec.container_ns("c1")
+    echo = py_in(ns, "udpecho", "53", "mine", background=True)
+    try:
+        time.sleep(0.3)
+        assert short(lab, "c1", "web1") == [eps["web1"]["ip"]]  # the resolver still works
+        r = ns_exec(ns, "python3", "-c", (
+            "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2);"
+            f"s.sendto(b'x', ('{eps['c1']['ip']}', 53)); print(s.recv(100).decode())"))
+        assert r.stdout.strip() == "mine", r.stderr
+    finally:
+        echo.kill()
+        echo.wait()
+    udp = dig(lab, "c1", "+ignore", "+noedns", "TXT", "big.lab.example")
+    assert " tc" in udp.split("flags:")[1].split(";")[0]
+    tcp = dig(lab, "c1", "+tcp", "TXT", "big.lab.example")
+    assert "status: NOERROR" in tcp and tcp.count("aaaa") >= 1 and "qqqq" in tcp
+    size = int(tcp.split("MSG SIZE  rcvd: ")[1].split()[0])
+    assert size > 4000
