@@ -40,6 +40,7 @@ from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
 from meshnet.services import create_service, remove_service
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
+from meshnet.systemd import Notifier
 from meshnet.vxlan.ipam import allocate, check_static
 from meshnet.vxlan.kernel import OverlayKernel
 from meshnet.vxlan.reconciler import OverlayKernelPort, OverlayReconciler
@@ -69,7 +70,7 @@ def pick_vni(name: str, taken: set[int]) -> int:
 class Agent:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time,
                  overlay_kernel: OverlayKernelPort | None = None,
-                 gw_kernel: Any = None) -> None:
+                 gw_kernel: Any = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self.node = config.node_name
         self.clock = clock
@@ -87,6 +88,7 @@ class Agent:
         self.gw_allocs: dict[str, Allocation] = {}
         self.runners: dict[SyncRunner, frozenset[str]] = {}
         self.dns: DnsProgrammer | None = None
+        self.notifier = notifier or Notifier(None)
         self.cluster: Cluster | None = None
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
@@ -165,8 +167,11 @@ class Agent:
         await self.prepare_dataplane()
         self._api = ApiServer(self, self.config.api)
         await self._api.start()
+        metrics = await self._start_metrics()
         log.info("agent %s up (pid %d, version %s, vtep %s, underlay mtu %d)", self.node,
                  os.getpid(), __version__, self.vtep, self.underlay_mtu)
+        self.notifier.notify(f"STATUS=joining the cluster as {self.node}")
+        self.notifier.start_watchdog()
         try:
             # program the kernel only from a full view of the cluster (after the join)
             stop = asyncio.ensure_future(self._stop.wait())
@@ -174,10 +179,16 @@ class Agent:
                                return_when=asyncio.FIRST_COMPLETED)
             if not self._stop.is_set():
                 await self.start_reconcilers()
+                await self._settle()
                 log.info("cluster view synced; data plane running")
+                self.notifier.notify("READY=1", f"STATUS=running: {self._status_line()}")
             await stop
         finally:
             log.info("agent %s stopping", self.node)
+            self.notifier.notify("STOPPING=1")
+            self.notifier.stop()
+            if metrics is not None:
+                await metrics.cleanup()
             await self._api.stop()
             await self.stop_dataplane()
             left = await self.cluster.leave(timeout=2.0)
@@ -187,6 +198,34 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _status_line(self) -> str:
+        m = self._member_counts()
+        return (f"{m.get('alive', 0)} members alive, {len(self.store.networks())} networks, "
+                f"{len(self.local_endpoints())} local endpoints")
+
+    async def _start_metrics(self) -> Any:
+        """Prometheus text on http://ADDR:PORT/metrics (``--metrics``)."""
+        if not self.config.metrics:
+            return None
+        from aiohttp import web
+
+        from meshnet.config import parse_hostport
+        from meshnet.prometheus import render
+
+        async def handler(_: web.Request) -> web.Response:
+            return web.Response(text=render(self.metrics()),
+                                content_type="text/plain", charset="utf-8",
+                                headers={"X-Content-Type-Options": "nosniff"})
+
+        app = web.Application()
+        app.router.add_get("/metrics", handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = parse_hostport(self.config.metrics, 0, "metrics address")
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        return runner
 
     def extra_routes(self) -> list[tuple[tuple[str, str], Callable[[Any], Awaitable[Any]]]]:
         async def attach(request: Any) -> Any:
@@ -232,11 +271,12 @@ class Agent:
         out: dict[str, Any] = {"members": self._member_counts()}
         if self.cluster is not None:
             out.update(self.cluster.metrics())
-        if self.overlay_sync is not None:
-            st = self.overlay_sync.stats
-            out["reconcile"] = {"vxlan": {"runs": st.runs, "full_runs": st.full_runs,
-                                          "errors": st.errors,
-                                          "seconds_total": round(st.total_duration, 6)}}
+        out["reconcile"] = {
+            r.name: {"runs": r.stats.runs, "full_runs": r.stats.full_runs,
+                     "errors": r.stats.errors, "seconds_total": round(r.stats.total_duration, 6)}
+            for r in self.runners}
+        if self.dns is not None:
+            out["dns"] = self.dns.server.snapshot()
         return out
 
     # --- queries ---------------------------------------------------------------------

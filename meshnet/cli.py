@@ -184,6 +184,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
     from meshnet.agent import Agent
     from meshnet.config import load_config
     from meshnet.logs import setup_logging
+    from meshnet.systemd import Notifier
 
     overrides = {
         "node": args.node, "bind": args.bind, "advertise": args.advertise,
@@ -195,7 +196,8 @@ def cmd_agent(args: argparse.Namespace) -> None:
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
-    asyncio.run(Agent(config).run())
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    asyncio.run(Agent(config, notifier=notifier).run())
 
 
 def cmd_cleanup(args: argparse.Namespace) -> None:

@@ -57,8 +57,11 @@ class DnsMetrics:
     tcp_refused: int = 0  #: connections over tcp_max_conns
     latency: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
 
+    latency_sum: float = 0.0
+
     def observe(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def snapshot(self, responder: Responder, forwarder: Forwarder) -> dict[str, object]:
         """Everything as plain data (for the API / Prometheus exporter)."""
@@ -80,6 +83,7 @@ class DnsMetrics:
                            "failures": s.failures, "srtt": s.srtt, "sent": s.sent,
                            "answered": s.answered} for s in forwarder.upstreams],
             "latency_buckets": list(zip([*BUCKETS, float("inf")], self.latency, strict=True)),
+            "latency_seconds_total": self.latency_sum,
         }
 
 

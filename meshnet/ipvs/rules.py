@@ -1,31 +1,33 @@
 """Render an :class:`LbState` to iptables chains (pure), in ``iptables-save`` syntax.
 
-One :class:`Ruleset` per namespace: each sandbox (``nat`` only) and the host namespace
-(key ``HOST``: ``nat`` and ``filter``), made of meshnet-owned chains and the jumps into
-them from built-in chains.
+One :class:`Ruleset` per namespace: each sandbox (``nat``) and the host namespace (key
+``HOST``: ``nat`` and ``filter``), made of meshnet-owned chains and the jumps into them
+from built-in chains (``H`` = 16 base32 characters of a hash)::
 
-Chains (all in ``nat`` unless said otherwise; ``H`` = 16 base32 characters of a hash)::
-
-  sandbox  PREROUTING  -> MESHNET-SERVICES     one rule per VIP:port/proto with backends
-                          MESHNET-SVC-H        per virtual service: mark ingress traffic for
-                                               SNAT, affinity checks, then random choice
-                          MESHNET-SEP-H        per (service, backend): hairpin mark, DNAT
-           POSTROUTING -> MESHNET-POSTROUTING  SNAT marked packets to the LB address
-                          MESHNET-MARK-MASQ    sets the masquerade bit
-  host     PREROUTING, OUTPUT (dst-type LOCAL) -> MESHNET-INGRESS   per published port
-                          MESHNET-PUB-H        per local-only published port: random choice
-                          MESHNET-SEP-H        DNAT to a local task (no SNAT)
-           POSTROUTING -> MESHNET-POSTROUTING  masquerade localhost clients into sandboxes
-  host filter INPUT   -> MESHNET-INPUT         refuse a published port nothing DNATed
-              FORWARD -> MESHNET-FORWARD       accept DNATed traffic to/from ingress links
+  sandbox  nat PREROUTING  -> MESHNET-SERVICES     one rule per VIP:port/proto with backends
+                              MESHNET-SVC-H        per virtual service: mark ingress traffic
+                                                   for SNAT, affinity checks, random DNAT
+           nat POSTROUTING -> MESHNET-POSTROUTING  -> MESHNET-HAIRPIN (one rule per local
+                                                   task), then SNAT marked packets to the
+                                                   LB address (MASQUERADE without one)
+                              MESHNET-MARK-MASQ    sets the masquerade bit
+  host     nat PREROUTING, OUTPUT (dst-type LOCAL) -> MESHNET-INGRESS  per published port
+                              MESHNET-PUB-H        local-only/host-mode port: random DNAT
+                                                   to a local task (no SNAT)
+           nat POSTROUTING -> MESHNET-POSTROUTING  masquerade localhost clients into
+                                                   sandboxes (``-o mn-ing+``)
+           filter INPUT    -> MESHNET-INPUT        refuse a published port nothing DNATed
+           filter FORWARD  -> MESHNET-FORWARD      accept DNATed traffic to/from mn-ing+
 
 Random choice is kube-proxy's: backend i of n is taken with probability 1/(n-i), so each
-gets 1/n. Affinity is kube-proxy's too: ``-m recent`` per (service, backend) SEP chain.
+gets 1/n. Affinity is kube-proxy's ``-m recent`` (one recent table per service and
+backend), checked before the random choice. Backends are DNATed inline from the service
+chain (no per-backend chains): ~n+2 rules and one chain per service, because
+iptables-nft-restore reads the table's chains on every run and its cost grows with them.
 
-Every chain except SEP chains starts with a ``-m comment --comment mn:<digest>`` rule:
-the digest of the chain's content, read back by ``observe`` so a sync rewrites only
-chains whose content changed, and an agent restart adopts unchanged chains. A SEP chain's
-name is a hash of everything its content depends on, so its name is its digest.
+Every chain starts with a ``-m comment --comment mn:<digest>`` rule, the digest of its
+content, read back by ``observe``: a sync rewrites only chains whose digest changed, and an
+agent restart adopts unchanged chains as they are.
 """
 
 from __future__ import annotations
