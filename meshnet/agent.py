@@ -36,8 +36,12 @@ from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.gwbridge.kernel import GwKernel
 from meshnet.gwbridge.reconciler import GwReconciler
 from meshnet.gwbridge.state import Allocation
+from meshnet.ipvs.agentlb import TABLES as LB_TABLES
+from meshnet.ipvs.agentlb import LoadBalancing
+from meshnet.ipvs.ipvs import ipvs_available
+from meshnet.ipvs.reserve import port_free
 from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
-from meshnet.services import create_service, remove_service
+from meshnet.services import create_service, publish_port, remove_service, unpublish_port
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
 from meshnet.systemd import Notifier
@@ -70,7 +74,8 @@ def pick_vni(name: str, taken: set[int]) -> int:
 class Agent:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time,
                  overlay_kernel: OverlayKernelPort | None = None,
-                 gw_kernel: Any = None, notifier: Notifier | None = None) -> None:
+                 gw_kernel: Any = None, notifier: Notifier | None = None,
+                 lb_factory: Callable[..., LoadBalancing] = LoadBalancing) -> None:
         self.config = config
         self.node = config.node_name
         self.clock = clock
@@ -88,6 +93,8 @@ class Agent:
         self.gw_allocs: dict[str, Allocation] = {}
         self.runners: dict[SyncRunner, frozenset[str]] = {}
         self.dns: DnsProgrammer | None = None
+        self.lb: LoadBalancing | None = None
+        self._lb_factory = lb_factory
         self.notifier = notifier or Notifier(None)
         self.cluster: Cluster | None = None
         self.underlay_mtu = config.underlay_mtu or 1500
@@ -133,11 +140,17 @@ class Agent:
         await server.start()
         self.dns = DnsProgrammer(self.node, self.store, server, self.in_kernel, self._claims)
         dns_sync = SyncRunner("dns", self.dns.sync, min_interval=0.02, full_interval=30.0)
+        self.lb = self._lb_factory(self, probe=await self.in_kernel(ipvs_available))
+        lb_sync = SyncRunner("lb", self.lb.sync, min_interval=0.02, full_interval=30.0,
+                             retry_interval=0.3)
+        mesh = frozenset({"published", "services"})  # routing-mesh networks need sandboxes
         self.runners = {
-            self.overlay_sync: frozenset({"networks", "endpoints", "vteps"}),
+            self.overlay_sync: frozenset({"networks", "endpoints", "vteps"}) | mesh,
             gw_sync: frozenset({"networks", "endpoints"}),
             dns_sync: frozenset({"networks", "endpoints", "services", "health"}),
+            lb_sync: LB_TABLES,
         }
+        self.lb.start()
         self.store.listeners.append(self._table_changed)
         for runner in self.runners:
             runner.start()
@@ -148,6 +161,8 @@ class Agent:
             await runner.stop()
         if self.dns is not None:
             await self.dns.close()
+        if self.lb is not None:
+            await self.lb.stop()
         self._kernel_pool.shutdown(wait=True)
 
     def _table_changed(self, table: str, key: str) -> None:
@@ -172,6 +187,7 @@ class Agent:
                  os.getpid(), __version__, self.vtep, self.underlay_mtu)
         self.notifier.notify(f"STATUS=joining the cluster as {self.node}")
         self.notifier.start_watchdog()
+        docker = None  # the Docker runtime's watcher (meshnet.runtime), if enabled
         try:
             # program the kernel only from a full view of the cluster (after the join)
             stop = asyncio.ensure_future(self._stop.wait())
@@ -179,12 +195,19 @@ class Agent:
                                return_when=asyncio.FIRST_COMPLETED)
             if not self._stop.is_set():
                 await self.start_reconcilers()
+                if self.config.runtime == "docker":
+                    from meshnet.runtime.watcher import DockerWatcher
+
+                    docker = DockerWatcher(self)
+                    await docker.start()
                 await self._settle()
                 log.info("cluster view synced; data plane running")
                 self.notifier.notify("READY=1", f"STATUS=running: {self._status_line()}")
             await stop
         finally:
             log.info("agent %s stopping", self.node)
+            if docker is not None:
+                await docker.stop()
             self.notifier.notify("STOPPING=1")
             self.notifier.stop()
             if metrics is not None:
@@ -257,6 +280,31 @@ class Agent:
             return [s.to_dict() for s in sorted(self.store.services().values(),
                                                 key=lambda s: s.name)]
 
+        async def publish(request: Any) -> Any:
+            from meshnet.api.server import read_body
+
+            body = await read_body(request)
+            port, proto = body.get("published"), body.get("protocol", "tcp")
+            if f"{port}/{proto}" in self.store.all("published"):
+                raise Conflict(f"port {port}/{proto} is already published")
+            if isinstance(port, int) and not port_free(port, str(proto)):
+                raise Conflict(f"port {port}/{proto} is in use on this host")
+            pp = publish_port(self.store, body, self.clock())
+            log.info("published %s -> %s:%d (%s%s)", pp.key, pp.service, pp.target, pp.mode,
+                     ", local only" if pp.local_only else "")
+            await self._settle()
+            return pp.to_dict()
+
+        async def unpublish(request: Any) -> Any:
+            pp = unpublish_port(self.store, request.match_info["key"].replace("-", "/"),
+                                self.clock())
+            log.info("unpublished %s", pp.key)
+            await self._settle()
+            return pp.to_dict()
+
+        async def published(request: Any) -> Any:
+            return [p.to_dict() for p in self.store.all("published").values()]
+
         async def service_rm(request: Any) -> Any:
             remove_service(self.store, request.match_info["name"], self.clock())
             return {"removed": request.match_info["name"]}
@@ -264,7 +312,9 @@ class Agent:
         return [(("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
                 (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics),
                 (("POST", "/v1/services"), service_create), (("GET", "/v1/services"), service_ls),
-                (("DELETE", "/v1/services/{name}"), service_rm)]
+                (("DELETE", "/v1/services/{name}"), service_rm),
+                (("POST", "/v1/published"), publish), (("GET", "/v1/published"), published),
+                (("DELETE", "/v1/published/{key}"), unpublish)]
 
     def metrics(self) -> dict[str, Any]:
         """Counters of every subsystem (JSON; the Prometheus view is built from this)."""
@@ -277,6 +327,8 @@ class Agent:
             for r in self.runners}
         if self.dns is not None:
             out["dns"] = self.dns.server.snapshot()
+        if self.lb is not None:
+            out["lb_backends"] = self.lb.backend_counts()
         return out
 
     # --- queries ---------------------------------------------------------------------
@@ -298,6 +350,7 @@ class Agent:
             "endpoints": len(self.store.endpoints()),
             "services": len(self.store.services()),
             **({"dataplane": self.dataplane_status()} if self.overlay_sync else {}),
+            **({"lb": self.lb.status()} if self.lb else {}),
         }
 
     def dataplane_status(self) -> dict[str, Any]:

@@ -175,6 +175,26 @@ def cmd_service_rm(args: argparse.Namespace) -> None:
     _emit(args, data, lambda d: f"service {d['removed']} removed")
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from meshnet.services import parse_publish
+
+    pub, target, proto = parse_publish(args.mapping)
+    body: dict[str, Any] = {"published": pub, "target": target, "protocol": proto,
+                            "mode": args.mode, "local_only": args.local_only}
+    if args.service:
+        body["service"] = args.service
+    data = _client(args).post("/v1/published", body)
+    _emit(args, data, lambda p: f"published {p['published']}/{p['protocol']} -> "
+                                f"{p['service']}:{p['target']} ({p['mode']}"
+                                f"{', local only' if p['local_only'] else ''})")
+
+
+def cmd_unpublish(args: argparse.Namespace) -> None:
+    key = args.port if "/" in args.port else f"{args.port}/tcp"
+    data = _client(args).delete(f"/v1/published/{key.replace('/', '-')}")
+    _emit(args, data, lambda p: f"unpublished {p['published']}/{p['protocol']}")
+
+
 # --- local commands ----------------------------------------------------------------------
 
 
@@ -306,6 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     sr = sv.add_parser("rm", parents=[common], help="remove a service")
     sr.add_argument("name")
     sr.set_defaults(func=cmd_service_rm)
+
+    pb = sub.add_parser("publish", parents=[common], help="publish a service port")
+    pb.add_argument("mapping", metavar="PUBLISHED:TARGET[/tcp|/udp]")
+    pb.add_argument("--mode", choices=("ingress", "host"), default="ingress")
+    pb.add_argument("--service")
+    pb.add_argument("--local-only", action="store_true",
+                    help="serve only local tasks and keep the client's address")
+    pb.set_defaults(func=cmd_publish)
+    up = sub.add_parser("unpublish", parents=[common], help="remove a published port")
+    up.add_argument("port", metavar="PUBLISHED[/tcp|/udp]")
+    up.set_defaults(func=cmd_unpublish)
 
     c = sub.add_parser("cleanup", parents=[common],
                        help="remove every kernel object meshnet owns on this host")

@@ -79,3 +79,73 @@ def remove_service(store: Store, name: str, now: float) -> None:
 
 def vip_in_subnet(svc: Service, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     return svc.vip is not None and svc.vip in subnet
+
+
+PUBLISH_FIELDS = {"published", "target", "protocol", "service", "mode", "local_only"}
+
+
+def parse_publish(text: str) -> tuple[int, int, str]:
+    """``PUBLISHED:TARGET[/proto]`` -> (published, target, proto)."""
+    spec, _, proto = text.partition("/")
+    pub, sep, target = spec.partition(":")
+    if not sep or not pub.isdigit() or not target.isdigit():
+        raise UserError(f"invalid port mapping {text!r}: use PUBLISHED:TARGET[/tcp|/udp]")
+    return int(pub), int(target), proto or "tcp"
+
+
+def publish_port(store: Store, body: dict[str, Any], now: float) -> PublishedPort:
+    unknown = set(body) - PUBLISH_FIELDS
+    if unknown:
+        raise UserError(f"unknown publish field(s): {', '.join(sorted(unknown))}")
+    proto = body.get("protocol", "tcp")
+    target = body.get("target")
+    services = store.services()
+    name = body.get("service")
+    if name:
+        svc = services.get(name)
+        if svc is None:
+            raise NotFound(f"no service named {name}")
+    else:
+        exposing = [s for s in services.values()
+                    if any(p.port == target and p.protocol == proto for p in s.ports)]
+        if len(exposing) != 1:
+            which = "no service" if not exposing else \
+                f"several services ({', '.join(sorted(s.name for s in exposing))})"
+            raise UserError(f"{which} expose {target}/{proto}: name one with --service")
+        svc = exposing[0]
+    pp = PublishedPort(published=body.get("published"), target=target, service=svc.name,
+                       protocol=proto, mode=body.get("mode", "ingress"),
+                       local_only=bool(body.get("local_only", False)))
+    if not any(p.port == pp.target and p.protocol == pp.protocol for p in svc.ports):
+        raise UserError(f"service {svc.name} does not expose {pp.target}/{pp.protocol} "
+                        f"(its ports: {', '.join(map(str, svc.ports)) or 'none'})")
+    if svc.mode != "vip" and pp.mode == "ingress" and not pp.local_only:
+        raise UserError(f"service {svc.name} is dnsrr: publish it with --mode host or "
+                        "--local-only")
+    if pp.key in store.all("published"):
+        raise Conflict(f"port {pp.key} is already published")
+    store.put("published", pp.key, pp, now)
+    return pp
+
+
+def unpublish_port(store: Store, key: str, now: float) -> PublishedPort:
+    if "/" not in key:
+        key += "/tcp"
+    pp = store.all("published").get(key)
+    if pp is None:
+        raise NotFound(f"port {key} is not published")
+    store.delete("published", key, now)
+    return pp  # type: ignore[return-value]
+
+
+def mesh_networks(store: Store) -> set[str]:
+    """Networks with a port published through the routing mesh: every host needs their
+    sandbox (and an LB address on them), task or not."""
+    services = store.services()
+    out = set()
+    for pp in store.all("published").values():
+        assert isinstance(pp, PublishedPort)
+        svc = services.get(pp.service)
+        if svc is not None and pp.mode == "ingress" and not pp.local_only:
+            out.add(svc.network)
+    return out

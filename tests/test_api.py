@@ -16,6 +16,24 @@ from meshnet.errors import UserError
 from meshnet.testing.fakekernel import FakeGwKernel, FakeOverlayKernel
 
 
+class FakeLbNet:
+    def __init__(self):
+        self.states = []
+
+    def apply(self, state):
+        self.states.append(state)
+        return []
+
+
+def fake_lb(agent, probe=None):
+    from meshnet.ipvs.agentlb import LoadBalancing
+    from meshnet.ipvs.iptables import IptablesBackend
+    from tests.ipvs.fakeipt import FakeIptables
+
+    ipt = FakeIptables(("", "mn-ov-000001"))
+    return LoadBalancing(agent, backend=IptablesBackend(ipt), net=FakeLbNet(), probe=probe)
+
+
 @pytest.fixture
 def api(tmp_path):
     sock = str(tmp_path / "api.sock")
@@ -24,7 +42,8 @@ def api(tmp_path):
     agent = Agent(AgentConfig(node="t1", bind="127.0.0.1", api=sock, state_dir=str(tmp_path),
                               dns_upstreams=("127.0.0.1:9",)),
                   overlay_kernel=kernel,
-                  gw_kernel=FakeGwKernel({"lab-c1", "lab-c2", "lab-c3"}, with_default={"lab-c3"}))
+                  gw_kernel=FakeGwKernel({"lab-c1", "lab-c2", "lab-c3"}, with_default={"lab-c3"}),
+                  lb_factory=fake_lb)
     server = ApiServer(agent, sock)
     loop.run_until_complete(agent.start_dataplane())
     loop.run_until_complete(server.start())
@@ -167,7 +186,8 @@ def test_restart_restores_local_endpoints(api, tmp_path):
     call, _, agent = api
     call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
     ep = call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app"})
-    fresh = Agent(agent.config, overlay_kernel=agent.overlay_kernel, gw_kernel=agent.gw_kernel)
+    fresh = Agent(agent.config, overlay_kernel=agent.overlay_kernel, gw_kernel=agent.gw_kernel,
+                  lb_factory=fake_lb)
     fresh.store.put("networks", "app", agent.store.networks()["app"], 0)
     loop = call.loop
     loop.run_until_complete(fresh.start_dataplane())

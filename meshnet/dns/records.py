@@ -287,5 +287,7 @@ def reverse_to_ip(name: str) -> IPAddress | None:
 
 def from_store(store) -> RecordsView:  # store: meshnet.store.Store
     """Build the view from the typed tables view (one decode of each table)."""
-    return RecordsView.build(store.networks(), store.endpoints(), store.services(),
+    # endpoints without a namespace are hosts' load-balancer addresses, not containers
+    endpoints = {k: e for k, e in store.endpoints().items() if e.netns}
+    return RecordsView.build(store.networks(), endpoints, store.services(),
                              store.all("health").values())

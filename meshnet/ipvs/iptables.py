@@ -27,7 +27,7 @@ from typing import Protocol
 
 from meshnet import netns
 from meshnet.errors import KernelError
-from meshnet.ipvs.rules import CHAIN_PREFIX, DIGEST_TAG, HOST, Chain, Jump, Ruleset, render
+from meshnet.ipvs.rules import DIGEST_TAG, HOST, Chain, Jump, Ruleset, owned_chain, render
 from meshnet.ipvs.state import LbConfig, LbState
 
 log = logging.getLogger("meshnet.ipvs")
@@ -132,12 +132,13 @@ def parse_save(text: str) -> tuple[dict[tuple[str, str], str], set[Jump]]:
             table = line[1:].strip()
         elif line.startswith(":"):
             name = line[1:].split()[0]
-            if name.startswith(CHAIN_PREFIX):
+            if owned_chain(name):
                 chains[(table, name)] = ""
         elif line.startswith("-A "):
             _, chain, spec = line.split(" ", 2)
             if chain in BUILTIN:
-                if f"-j {CHAIN_PREFIX}" in spec:
+                target = spec.split("-j ", 1)[1].split()[0] if "-j " in spec else ""
+                if owned_chain(target):
                     jumps.add(Jump(table, chain, spec))
             elif (table, chain) in chains and chains[(table, chain)] == "":
                 m = _DIGEST_RE.match(spec)

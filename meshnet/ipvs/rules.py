@@ -47,6 +47,13 @@ from meshnet.ipvs.state import (
 
 HOST = ""  #: the namespace key of the host namespace
 CHAIN_PREFIX = "MESHNET-"
+#: chains other meshnet programmers own in the same namespaces (gateway bridge, DNS):
+#: never observed, adopted or removed by the load balancer
+FOREIGN_PREFIXES = ("MESHNET-GW-", "MESHNET-DNS-")
+
+
+def owned_chain(name: str) -> bool:
+    return name.startswith(CHAIN_PREFIX) and not name.startswith(FOREIGN_PREFIXES)
 SERVICES = "MESHNET-SERVICES"
 POSTROUTING = "MESHNET-POSTROUTING"
 MARK_MASQ = "MESHNET-MARK-MASQ"

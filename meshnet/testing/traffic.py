@@ -5,6 +5,8 @@
     python -m meshnet.testing.traffic http PORT [TEXT]     # HTTP/1.0 server answering TEXT
     python -m meshnet.testing.traffic udpecho PORT [TEXT]  # UDP: answer every datagram
     python -m meshnet.testing.traffic get URL [TIMEOUT]    # print the body, exit 1 on error
+    python -m meshnet.testing.traffic hits URL N [GAP]     # N GETs: JSON counts by body word
+    python -m meshnet.testing.traffic udphits HOST PORT N  # N datagrams, fresh source ports
 
 ``stream`` sends 1 KiB every 5 ms and prints {"sent": bytes, "error": null | "..."};
 a connection reset or a write that fails shows up in "error".
@@ -90,6 +92,45 @@ def get(url: str, timeout: float) -> str:
         return r.read().decode().strip()
 
 
+def hits(url: str, n: int, interval: float = 0.0) -> dict[str, object]:
+    """N requests, one connection each; count answers by body (first word) and errors."""
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    errors = 0
+    log = []
+    for _ in range(n):
+        t = time.time()
+        try:
+            body = get(url, 2.0)
+            counts[body.split()[0] if body else ""] += 1
+            log.append((round(t, 3), body))
+        except OSError:
+            errors += 1
+            log.append((round(t, 3), "error"))
+        if interval:
+            time.sleep(interval)
+    return {"counts": dict(counts), "errors": errors, "log": log}
+
+
+def udphits(host: str, port: int, n: int) -> dict[str, object]:
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    errors = 0
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new source port each time
+        s.settimeout(1.0)
+        try:
+            s.sendto(b"q%d" % i, (host, port))
+            counts[s.recv(512).decode().split()[0]] += 1
+        except OSError:
+            errors += 1
+        finally:
+            s.close()
+    return {"counts": dict(counts), "errors": errors}
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd == "sink":
@@ -104,6 +145,11 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"error: {exc}")
             return 1
+    elif cmd == "hits":
+        interval = float(argv[3]) if len(argv) > 3 else 0.0
+        print(json.dumps(hits(argv[1], int(argv[2]), interval)))
+    elif cmd == "udphits":
+        print(json.dumps(udphits(argv[1], int(argv[2]), int(argv[3]))))
     elif cmd == "udpecho":
         udpecho(int(argv[1]), argv[2] if len(argv) > 2 else "")
     else:

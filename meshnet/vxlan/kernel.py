@@ -88,6 +88,8 @@ class OverlayKernel:
                         vni = 0  # not wired up: make the plan repair it
                 elif kind == "bridge" and name == BRIDGE:
                     for a in ip.get_addr(index=link["index"]):
+                        if a["prefixlen"] in (32, 128):
+                            continue  # VIPs and the LB address: the load balancer's
                         bridge_addr = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
                         break
                 elif kind == "veth" and name.startswith("ve"):
@@ -242,6 +244,9 @@ class OverlayKernel:
                               "address": port.mac})
                 idx = ip.link_lookup(ifname=port.name)[0]
                 ip.link("set", index=idx, master=ip.link_lookup(ifname=BRIDGE)[0], state="up")
+                # hairpin: a task load-balanced to itself through a VIP gets its packet
+                # back out of the port it came in on
+                ip.brport("set", index=idx, mode=1)
         finally:
             os.close(fd)
         addr, _, plen = port.addr.partition("/")

@@ -44,8 +44,10 @@ class OverlayReconciler:
         vteps = {name: str(n.vtep_addr) for name, n in self.store.all("vteps").items()}
         eps = [e for k, e in self.store.endpoints().items()
                if not (e.host == self.node and k in self.pending)]
+        from meshnet.services import mesh_networks
+
         return desired(self.node, self.store.networks(), eps, vteps, self.underlay_mtu,
-                       self.prefix)
+                       self.prefix, everywhere=mesh_networks(self.store))
 
     async def sync(self, full: bool) -> None:
         want = self.want()

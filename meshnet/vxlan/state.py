@@ -73,24 +73,36 @@ class Overlay:
 
 
 def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endpoint],
-            vteps: Mapping[str, str], underlay_mtu: int, prefix: str) -> Overlay:
-    """The overlay this host should have, from the full tables."""
+            vteps: Mapping[str, str], underlay_mtu: int, prefix: str,
+            everywhere: Iterable[str] = ()) -> Overlay:
+    """The overlay this host should have, from the full tables. ``everywhere``: networks
+    whose sandbox every host needs (routing-mesh networks), local endpoint or not."""
     out = Overlay()
     eps = list(endpoints)
     local_vtep = vteps.get(node)
     if local_vtep is None:
         return out
+    v6 = ipaddress.ip_address(local_vtep).version == 6
+
+    def sandbox(net: Network) -> Sandbox:
+        ns = sandbox_ns(prefix, net.vni)
+        sb = Sandbox(ns, net.vni, overlay_mtu(net, underlay_mtu, v6),
+                     f"{net.gateway}/{net.subnet.prefixlen}", local_vtep)
+        out.sandboxes[ns] = sb
+        return sb
+
     local = [e for e in eps if e.host == node and e.network in networks and e.netns]
     for ep in local:
         net = networks[ep.network]
-        ns = sandbox_ns(prefix, net.vni)
-        mtu = overlay_mtu(net, underlay_mtu, ipaddress.ip_address(local_vtep).version == 6)
-        plen = net.subnet.prefixlen
-        out.sandboxes[ns] = Sandbox(ns, net.vni, mtu, f"{net.gateway}/{plen}", local_vtep)
+        sb = sandbox(net)
         name = port_name(ep.key)
-        out.ports[(ns, name)] = Port(ns, name, ep.netns, ep.ifname or "eth0",
-                                     f"{ep.ip}/{plen}", ep.mac, mtu)
+        out.ports[(sb.ns, name)] = Port(sb.ns, name, ep.netns, ep.ifname or "eth0",
+                                        f"{ep.ip}/{net.subnet.prefixlen}", ep.mac, sb.mtu)
     local_nets = {e.network for e in local}
+    for name in everywhere:
+        if name in networks:
+            sandbox(networks[name])
+            local_nets.add(name)
     for ep in eps:
         if ep.host == node or ep.network not in local_nets or ep.host not in vteps:
             continue

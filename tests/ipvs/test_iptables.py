@@ -314,3 +314,26 @@ def test_conntrack_args():
     assert conntrack_flush_args("10.0.0.101", 53, "10.0.0.20") == [
         "-D", "-p", "udp", "--orig-dst", "10.0.0.101", "--orig-port-dst", "53",
         "--reply-src", "10.0.0.20"]
+
+
+def test_other_programmers_chains_are_not_ours():
+    """The gateway bridge and DNS own MESHNET-GW-*/MESHNET-DNS-* in the same namespaces."""
+    from meshnet.ipvs.iptables import parse_save
+
+    save = """*filter
+:FORWARD DROP [0:0]
+:MESHNET-GW-FORWARD - [0:0]
+:MESHNET-FORWARD - [0:0]
+-A FORWARD -j MESHNET-GW-FORWARD
+-A FORWARD -j MESHNET-FORWARD
+-A MESHNET-GW-FORWARD -i mn_gwbridge -o mn_gwbridge -j DROP
+COMMIT
+*nat
+:OUTPUT ACCEPT [0:0]
+:MESHNET-DNS-OUTPUT - [0:0]
+-A OUTPUT -d 127.0.0.11/32 -j MESHNET-DNS-OUTPUT
+COMMIT
+"""
+    chains, jumps = parse_save(save)
+    assert set(chains) == {("filter", "MESHNET-FORWARD")}
+    assert {j.spec for j in jumps} == {"-j MESHNET-FORWARD"}

@@ -1,0 +1,137 @@
+"""Load balancing inside the agent: one sync that plans from the tables and programs
+iptables/IPVS, the LB kernel objects and port reservations, plus local health checks.
+
+Order of one sync: wait for the overlay to settle (sandboxes exist), make sure this host
+has an LB address on every routing-mesh network (an endpoint without a namespace, so
+every host programs its FDB/neighbour entries), plan and apply the backend, the kernel
+objects (``netobjects``) and the port reservations, then refresh the health targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from meshnet.ipvs.backend import choose_backend
+from meshnet.ipvs.health import targets
+from meshnet.ipvs.health_driver import HealthChecker
+from meshnet.ipvs.netobjects import LbNetKernel
+from meshnet.ipvs.reconciler import LbReconciler
+from meshnet.ipvs.reserve import PortReservations
+from meshnet.model import Endpoint, IPAddress, TaskHealth
+from meshnet.services import mesh_networks
+from meshnet.vxlan.state import mac_for
+
+if TYPE_CHECKING:
+    from meshnet.agent import Agent
+
+log = logging.getLogger("meshnet.ipvs")
+TABLES = frozenset({"networks", "endpoints", "services", "published", "health"})
+
+
+class LoadBalancing:
+    def __init__(self, agent: Agent, backend: Any = None, net: Any = None,
+                 probe: tuple[bool, str] | None = None) -> None:
+        """``probe``: the result of ``ipvs_available()``, run on the kernel thread (it
+        uses pyroute2, which must not run on the event loop)."""
+        self.agent = agent
+        self.ipvs_ok, self.ipvs_reason = probe or (False, "not probed")
+        if backend is None:
+            backend, self.why = choose_backend(agent.config.lb, agent.prefix,  # type: ignore
+                                               probe=lambda: (self.ipvs_ok, self.ipvs_reason))
+        else:
+            self.why = "injected"
+        self.backend = backend
+        self.rec = LbReconciler(agent.node, agent.store, self.backend, agent.prefix,
+                                agent.in_kernel, lb_ips=self.lb_ips, down_hosts=self.down_hosts)
+        self.net = net or LbNetKernel(agent.prefix)
+        self.reservations = PortReservations()
+        self.health = HealthChecker(emit=self._health_changed)
+        self.health_written: set[str] = set()
+        self.not_ready: list[str] = []
+
+    @property
+    def lb_name(self) -> str:
+        return f"lb-{self.agent.node}"
+
+    def start(self) -> None:
+        self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        self.reservations.close()
+
+    def lb_endpoints(self) -> dict[str, Endpoint]:
+        return {e.network: e for e in self.agent.local_endpoints()
+                if not e.netns and e.name == self.lb_name}
+
+    def lb_ips(self) -> dict[str, IPAddress]:
+        return {net: e.ip for net, e in self.lb_endpoints().items()}
+
+    def down_hosts(self) -> set[str]:
+        return {m["name"] for m in self.agent.members() if m["state"] in ("failed", "left")}
+
+    async def _ensure_lb_addresses(self) -> None:
+        need = mesh_networks(self.agent.store)
+        have = self.lb_endpoints()
+        networks = self.agent.store.networks()
+        for name in sorted(need - set(have)):
+            if name in networks:
+                ep = await self.agent._claim(networks[name], None, lambda ip, n=name: Endpoint(
+                    network=n, ip=ip, mac=mac_for(ip), host=self.agent.node,
+                    name=self.lb_name))
+                log.info("load-balancer address %s on %s", ep.ip, name)
+        for name in sorted(set(have) - need):
+            self.agent.store.delete("endpoints", have[name].key, self.agent.clock())
+
+    async def sync(self, full: bool) -> None:
+        agent = self.agent
+        if agent.overlay_sync is not None:
+            await agent.overlay_sync.settled(timeout=30)
+        await self._ensure_lb_addresses()
+        await self.rec.sync(full)
+        state = self.rec.last_state
+        self.not_ready = await agent.in_kernel(lambda: self.net.apply(state))
+        self.reservations.sync(set(state.host.reserved))
+        store = agent.store
+        tgts = targets(agent.node, store.networks(), store.services(),
+                       store.endpoints().values(), agent.prefix)
+        self.health.set_targets(tgts)
+        live = {t.key for t in tgts}
+        for key in sorted(self.health_written - live):  # tasks gone or check removed
+            store.delete("health", key, agent.clock())
+            self.health_written.discard(key)
+        if self.not_ready or self.rec.skipped:
+            raise RuntimeError(f"sandboxes not ready yet: {self.not_ready or self.rec.skipped}")
+
+    def _health_changed(self, th: TaskHealth) -> None:
+        key = f"{th.network}/{th.ip}"
+        self.health_written.add(key)
+        self.agent.store.put("health", key, th, self.agent.clock())
+        log.info("task %s of %s is %s%s", th.ip, th.service,
+                 "healthy" if th.healthy else "unhealthy",
+                 f" ({th.reason})" if th.reason else "")
+
+    def status(self) -> dict[str, Any]:
+        state = self.rec.last_state
+        return {
+            "backend": self.backend.name, "why": self.why,
+            "ipvs": {"available": self.ipvs_ok, "reason": self.ipvs_reason},
+            "virtual_services": len(state.services()),
+            "published": [p.key for p in state.host.published],
+            "reservation_failures": dict(self.reservations.failed),
+        }
+
+    def backend_counts(self) -> dict[str, dict[str, int]]:
+        """Backends by health per service (for metrics)."""
+        store = self.agent.store
+        health = store.all("health")
+        out: dict[str, dict[str, int]] = {}
+        for key, e in store.endpoints().items():
+            if not e.service:
+                continue
+            th = health.get(key)
+            ok = not (isinstance(th, TaskHealth) and not th.healthy)
+            c = out.setdefault(e.service, {"healthy": 0, "unhealthy": 0})
+            c["healthy" if ok else "unhealthy"] += 1
+        return out
