@@ -126,3 +126,32 @@ def test_own_port_53_and_truncation(cluster):
     assert "status: NOERROR" in tcp and tcp.count("aaaa") >= 1 and "qqqq" in tcp
     size = int(tcp.split("MSG SIZE  rcvd: ")[1].split()[0])
     assert size > 4000
+
+
+def test_unhealthy_task_leaves_dns_on_every_host_within_2s(make_lab):
+    import sys
+
+    lab = make_lab(hosts=3)
+    overlay_setup(lab, "app", "10.92.0.0/24")
+    api(lab, "h1").post("/v1/services", {
+        "name": "hc", "network": "app", "mode": "dnsrr", "ports": ["80/tcp"],
+        "health": {"kind": "tcp", "interval": 0.2, "timeout": 0.2, "retries": 1}})
+    for h in lab.spec.host_names:
+        wait_until(lambda h=h: api(lab, h).get("/v1/services"), what="service everywhere")
+    srv = [sys.executable, "-m", "meshnet.testing.traffic", "http", "80", "x"]
+    eps = {f"t{i}": lab.run(f"h{i}", f"t{i}", srv, {"network": "app", "name": f"t{i}",
+                                                    "service": "hc", "aliases": []})["endpoint"]
+           for i in (1, 2)}
+    for i in (1, 2, 3):
+        run(lab, f"h{i}", f"q{i}", "app")
+    converged(lab, 5)
+    both = sorted(e["ip"] for e in eps.values())
+    for q in ("q1", "q2", "q3"):
+        wait_until(lambda q=q: short(lab, q, "tasks.hc") == both, what=f"both tasks from {q}")
+    os.killpg(lab.containers()["t2"]["pid"], signal.SIGKILL)
+    t0 = time.monotonic()
+    for q in ("q1", "q2", "q3"):
+        wait_until(lambda q=q: short(lab, q, "tasks.hc") == [eps["t1"]["ip"]] and
+                   short(lab, q, "hc") == [eps["t1"]["ip"]], timeout=5, interval=0.05,
+                   what=f"unhealthy t2 gone from DNS on {q}")
+    assert time.monotonic() - t0 < 2.0

@@ -109,17 +109,24 @@ def in_ctr(name: str, *cmd: str):
     return docker("exec", name, *cmd, check=False, timeout=20)
 
 
+def ready(lab, name: str, timeout: float = 10) -> dict:
+    """Attached on every host, and the attach finished: the watcher rewrites the
+    container's resolv.conf only after the agent's attach returned."""
+    ep = wait_until(lambda: attached_everywhere(lab, name), timeout=timeout,
+                    what=f"container {name} attached on every host")
+    wait_until(lambda: "nameserver 127.0.0.11" in in_ctr(name, "cat", "/etc/resolv.conf").stdout,
+               timeout=timeout, what=f"resolv.conf of {name} rewritten")
+    return ep
+
+
 def test_container_reaches_lab_container_by_name_and_back(dlab, ctrs):
     lab, c2 = dlab
     dweb = ctrs.run(f"dweb{MINE}", {"meshnet.network": NET, "meshnet.aliases": "dw"})
-    ep = wait_until(lambda: attached_everywhere(lab, dweb), timeout=10,
-                    what="docker container attached on every host")
+    ep = ready(lab, dweb)  # includes: resolv.conf points at the embedded resolver
     assert ep["netns"].startswith("/proc/") and ep["host"] == "h1"
-    c2_ip = api(lab, "h2").get("/v1/endpoints")
-    c2_ip = next(e["ip"] for e in c2_ip if e["name"] == c2)
-    # resolv.conf inside the container points at the embedded resolver
-    wait_until(lambda: "nameserver 127.0.0.11" in in_ctr(dweb, "cat", "/etc/resolv.conf").stdout,
-               timeout=5, what="resolv.conf rewritten")
+    assert in_ctr(dweb, "cat", "/etc/resolv.conf").stdout == \
+        "nameserver 127.0.0.11\noptions ndots:0\n"
+    c2_ip = next(e["ip"] for e in api(lab, "h2").get("/v1/endpoints") if e["name"] == c2)
     # the docker container resolves and reaches the lab container by name
     r = in_ctr(dweb, "nslookup", c2)
     assert c2_ip in r.stdout, r.stdout + r.stderr
@@ -144,19 +151,17 @@ def test_dockerd_restart_while_the_agent_runs(dlab, ctrs, dockerd):
         pytest.skip("dockerd was not started by this test run; not restarting it")
     lab, c2 = dlab
     before = ctrs.run(f"dold{MINE}", {"meshnet.network": NET})
-    wait_until(lambda: attached_everywhere(lab, before), what="first container attached")
+    ready(lab, before)
     r = script("restart")
     assert r.returncode == 0, r.stderr
     # the old container died with the daemon (no live-restore): detached by the resync
     wait_until(lambda: all(before not in endpoints(lab, h) for h in lab.spec.host_names),
                timeout=10, what="dead container detached after the restart")
     after = ctrs.run(f"dnew{MINE}", {"meshnet.network": NET, "meshnet.service": "dsvc"})
-    ep = wait_until(lambda: attached_everywhere(lab, after), timeout=10,
-                    what="container attached after dockerd restart")
+    ep = ready(lab, after)
     assert ep["service"] == "dsvc"
     r = in_ctr(after, "ping", "-c", "1", "-W", "2", c2)
-    assert r.returncode == 0, (r.stdout + r.stderr + in_ctr(after, "cat", "/etc/resolv.conf").stdout
-                               + in_ctr(after, "nslookup", c2).stdout + (Path("/tmp/h1dbg.log").write_text(agent_log(lab, "h1")) and ""))
+    assert r.returncode == 0, r.stdout + r.stderr
     assert "following docker events" in agent_log(lab, "h1")
 
 
@@ -164,15 +169,15 @@ def test_agent_restart_resyncs_none_twice_none_missed(dlab, ctrs):
     lab, _ = dlab
     kept = ctrs.run(f"dkeep{MINE}", {"meshnet.network": NET})
     gone = ctrs.run(f"dgone{MINE}", {"meshnet.network": NET})
-    first = wait_until(lambda: attached_everywhere(lab, kept), what="attached")
-    wait_until(lambda: attached_everywhere(lab, gone), what="attached")
+    first = ready(lab, kept)
+    ready(lab, gone)
     os.kill(lab.agent_pid("h1"), signal.SIGTERM)
     wait_until(lambda: not lab.agent_running("h1"), what="h1 agent stopped")
     # while the agent is down: one container stops, one starts
     docker("stop", gone)
     born = ctrs.run(f"dborn{MINE}", {"meshnet.network": NET})
     lab.restart_agent("h1", extra=["--runtime", "docker"])
-    wait_until(lambda: attached_everywhere(lab, born), what="new container attached")
+    ready(lab, born)
     wait_until(lambda: gone not in endpoints(lab, "h1"), what="stopped container not restored")
     eps = endpoints(lab, "h1")
     assert len(eps[kept]) == 1 and eps[kept][0]["ip"] == first["ip"]  # kept, not re-attached
