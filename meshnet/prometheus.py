@@ -36,20 +36,26 @@ def _num(v: float) -> str:
 
 
 class Exposition:
+    """Families are written whole (HELP, TYPE, then all their samples), as the text
+    format requires, whatever order the samples were added in."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.seen: set[str] = set()
+        self.families: dict[str, tuple[str, str, list[str]]] = {}
 
     def family(self, name: str, kind: str, help_: str) -> None:
-        if name not in self.seen:
-            self.seen.add(name)
-            self.lines += [f"# HELP meshnet_{name} {help_}", f"# TYPE meshnet_{name} {kind}"]
+        self.families.setdefault(name, (kind, help_, []))
 
-    def sample(self, name: str, value: float, **labels: object) -> None:
-        self.lines.append(f"meshnet_{name}{_labels(labels)} {_num(value)}")
+    def sample(self, name: str, value: float, family: str | None = None,
+               **labels: object) -> None:
+        self.families[family or name][2].append(
+            f"meshnet_{name}{_labels(labels)} {_num(value)}")
 
     def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+        lines = []
+        for name, (kind, help_, samples) in self.families.items():
+            lines += [f"# HELP meshnet_{name} {help_}", f"# TYPE meshnet_{name} {kind}",
+                      *samples]
+        return "\n".join(lines) + "\n"
 
 
 def render(m: dict[str, Any]) -> str:
@@ -114,8 +120,8 @@ def _histogram(x: Exposition, name: str, buckets: Iterable[tuple[float, int]],
     for upper, count in buckets:
         cumulative += count
         have_inf = have_inf or upper == math.inf
-        x.sample(f"{name}_bucket", cumulative, le=_num(upper))
+        x.sample(f"{name}_bucket", cumulative, family=name, le=_num(upper))
     if not have_inf:
-        x.sample(f"{name}_bucket", cumulative, le="+Inf")
-    x.sample(f"{name}_count", cumulative)
-    x.sample(f"{name}_sum", float(total_seconds))
+        x.sample(f"{name}_bucket", cumulative, family=name, le="+Inf")
+    x.sample(f"{name}_count", cumulative, family=name)
+    x.sample(f"{name}_sum", float(total_seconds), family=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -175,7 +176,8 @@ class Lab:
                 cmd += ["--join", spec.host_addr(other)]
         return cmd + list(extra)
 
-    def _start_agent(self, host: str, extra: Sequence[str] = ()) -> int:
+    def _start_agent(self, host: str, extra: Sequence[str] = (),
+                     env: dict[str, str] | None = None) -> int:
         spec = self.spec
         sock = Path(spec.api_socket(host))
         sock.unlink(missing_ok=True)
@@ -186,6 +188,7 @@ class Lab:
         proc = subprocess.Popen(
             self.agent_command(host, extra), stdin=subprocess.DEVNULL, stdout=logf,
             stderr=logf, start_new_session=True, preexec_fn=lambda: netns.enter(ns),
+            env={**os.environ, **(env or {})},
         )
         logf.close()
         (spec.state_dir / f"{host}.pid").write_text(str(proc.pid))
@@ -223,13 +226,15 @@ class Lab:
             return "no log"
         return lines[-1] if lines else "empty log"
 
-    def restart_agent(self, host: str, extra: Sequence[str] = ()) -> None:
+    def restart_agent(self, host: str, extra: Sequence[str] = (),
+                      env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start the host's agent again (after a crash or a kill) and wait for its API."""
         self.check_host(host)
         if self.agent_running(host):
             raise Conflict(f"agent on {host} is running")
-        self._start_agent(host, extra)
-        self._wait_agent(host)
+        self._start_agent(host, extra, env)
+        if wait:
+            self._wait_agent(host)
 
     # --- containers ---------------------------------------------------------------
 

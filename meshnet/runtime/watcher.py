@@ -33,7 +33,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from meshnet.errors import NotFound, UserError
+from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.model import Endpoint
 from meshnet.runtime.containers import (
     LABEL_NETWORK,
@@ -173,6 +173,7 @@ class DockerWatcher:
                              cid[:12])
                 else:
                     self.containers[cid] = c
+                    self.docker_names.add(c.name)
                     log.info("container %s (%s) started: pid %d, networks %s", name,
                              cid[:12], c.pid, ",".join(c.networks))
             else:
@@ -243,24 +244,38 @@ class DockerWatcher:
                 self._fix_resolv(c)
 
     async def _attach(self, body: dict[str, Any], key: tuple[str, str]) -> bool:
+        self.owned.add(key)
         try:
             await self.agent.attach(body)
-        except UserError as exc:  # NotFound, Conflict, ModelError: a user-level reason
+        except TimeoutError:
+            # published, but the data plane did not settle in time: it will, keep it
+            self._log_once(("attach", f"{key[0]} {key[1]}"),
+                           f"attach of container {body['name']} to {key[1]} is slow to settle")
+            return True
+        except (UserError, OSError) as exc:  # NotFound, Conflict, ModelError; netns gone
+            if not isinstance(exc, Conflict) and any(
+                    (e.netns, e.network) == key for e in self.agent.local_endpoints()):
+                await self._detach(key[0], key[1], body["name"], quiet=True)  # half done
+            self.owned.discard(key)
             self._log_once(("attach", f"{key[0]} {key[1]}"),
                            f"cannot attach container {body['name']} to {key[1]}: {exc} "
                            "(will retry)")
             return False
         self._logged.pop(("attach", f"{key[0]} {key[1]}"), None)
-        self.owned.add(key)
         return True
 
-    async def _detach(self, netns: str, network: str, name: str) -> None:
+    async def _detach(self, netns: str, network: str, name: str, quiet: bool = False) -> None:
         try:
             await self.agent.detach(netns, network)
         except NotFound:
             pass  # already gone (the agent saw the namespace vanish first)
+        except (UserError, OSError, TimeoutError) as exc:
+            self._log_once(("detach", f"{netns} {network}"),
+                           f"cannot detach container {name} from {network}: {exc}")
+            return
         self.owned.discard((netns, network))
-        log.info("container %s is gone: detached from %s", name, network)
+        if not quiet:
+            log.info("container %s is gone: detached from %s", name, network)
 
     def _fix_resolv(self, c: Container) -> None:
         """Point the container at 127.0.0.11, once per start, if it has an endpoint."""

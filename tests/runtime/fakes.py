@@ -155,6 +155,7 @@ class FakeAgent:
     endpoints: dict[tuple[str, str], Ep] = field(default_factory=dict)
     attaches: list[tuple[str, str]] = field(default_factory=list)
     detaches: list[tuple[str, str]] = field(default_factory=list)
+    fail_after_publish: BaseException | None = None  #: raised once, the record left behind
 
     def __post_init__(self) -> None:
         self.store = type("Store", (), {"listeners": []})()
@@ -176,6 +177,9 @@ class FakeAgent:
         ep = Ep(ns, net, body["name"], body.get("service", ""),
                 tuple(body.get("aliases", ())), body.get("ip", ""))
         self.endpoints[(ns, net)] = ep
+        if self.fail_after_publish is not None:
+            exc, self.fail_after_publish = self.fail_after_publish, None
+            raise exc
         self.attaches.append((body["name"], net))
         return ep
 

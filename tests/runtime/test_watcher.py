@@ -244,3 +244,39 @@ def test_api_attached_endpoints_are_left_alone():
         await w.stop()
 
     asyncio.run(main())
+
+
+def test_a_half_done_attach_is_cleaned_up_and_retried():
+    async def main():
+        d = FakeDocker()
+        w, agent = make(d)
+        await w.start()
+        await until(lambda: d.streams, "events connected", w)
+        # the namespace vanished in the middle of the attach (the kernel call failed)
+        agent.fail_after_publish = FileNotFoundError(2, "No such file or directory")
+        d.run("racer", APP)
+        await until(lambda: w.events_seen == 1 and agent.detaches, "cleaned up", w)
+        assert agent.endpoints == {} and w.runner.stats.errors == 0
+        # the container is still running: the next sync attaches it for good
+        w.runner.kick(full=True)
+        await until(lambda: agent.names() == {("racer", "appnet")}, "attached", w)
+        await w.stop()
+
+    asyncio.run(main())
+
+
+def test_slow_settle_keeps_the_endpoint():
+    async def main():
+        d = FakeDocker()
+        d.run("slow", APP)
+        w, agent = make(d)
+        agent.fail_after_publish = TimeoutError()
+        await w.start()
+        await until(lambda: w.relists == 1 and agent.endpoints, "published", w)
+        for _ in range(2):
+            w.runner.kick(full=True)
+            await w.runner.settled(timeout=1)
+        assert agent.names() == {("slow", "appnet")} and agent.detaches == []
+        await w.stop()
+
+    asyncio.run(main())
