@@ -92,3 +92,17 @@ def test_everything_removed_with_the_last_endpoint(egress):
                what="gateway bridge removed")
     saved = ns_exec(lab.spec.host_ns("h1"), "iptables-save").stdout
     assert "MESHNET" not in saved
+
+
+def test_internal_network_dns_does_not_forward(egress):
+    lab, _ = egress
+    log = lab.spec.state_dir / "resolver.log"
+    before = log.read_text() if log.exists() else ""
+    out = ns_exec(lab.spec.container_ns("p1"), "dig", "+time=2", "+tries=1",
+                  "leak-check.lab.example").stdout
+    assert "status: REFUSED" in out, out
+    ok = ns_exec(lab.spec.container_ns("c1"), "dig", "+short", "+time=2", "+tries=1",
+                 "fine.lab.example").stdout.split()
+    assert ok == ["192.0.2.253"]  # the same query from a non-internal container is answered
+    after = log.read_text()
+    assert "leak-check" not in after[len(before):] and "fine.lab.example" in after
