@@ -40,7 +40,8 @@ from meshnet.ipvs.agentlb import TABLES as LB_TABLES
 from meshnet.ipvs.agentlb import LoadBalancing
 from meshnet.ipvs.ipvs import ipvs_available
 from meshnet.ipvs.reserve import port_free
-from meshnet.model import VNI_MAX, Endpoint, IPAddress, Network, Node
+from meshnet.keys import decode_key
+from meshnet.model import VNI_MAX, Endpoint, IPAddress, KeyringSpec, Network, Node
 from meshnet.services import create_service, publish_port, remove_service, unpublish_port
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
@@ -178,6 +179,7 @@ class Agent:
             loop.add_signal_handler(sig, self.stop)
         self.cluster = Cluster(self.config, on_change=self.store.notify)
         self.store.backend = self.cluster
+        self.store.listeners.append(self._keyring_changed)
         await self.cluster.start()
         await self.prepare_dataplane()
         self._api = ApiServer(self, self.config.api)
@@ -221,6 +223,46 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # --- gossip keyring (as `serf keys`) ----------------------------------------------
+
+    def _keyring_changed(self, table: str, key: str) -> None:
+        if table != "keyring" or self.cluster is None:
+            return
+        spec = self.store.get("keyring", "cluster")
+        if isinstance(spec, KeyringSpec):
+            self.cluster.apply_keyring(list(spec.keys), spec.primary)
+            log.info("gossip keyring now has %d key(s)", len(spec.keys))
+
+    def keys(self) -> dict[str, Any]:
+        ring = self.cluster.keyring() if self.cluster else None
+        if ring is None:
+            return {"encrypted": False, "keys": [], "primary": None}
+        return {"encrypted": True, "keys": ring[0], "primary": ring[1]}
+
+    def change_keys(self, body: dict[str, Any]) -> dict[str, Any]:
+        op, key = body.get("op"), body.get("key")
+        if op not in ("install", "use", "remove") or not isinstance(key, str):
+            raise UserError("keys: op must be install, use or remove, with a key")
+        decode_key(key)
+        ring = self.cluster.keyring() if self.cluster else None
+        if ring is None:
+            raise UserError("gossip encryption is not enabled on this agent (--encrypt-key)")
+        keys, primary = ring
+        if op == "install":
+            keys = keys + [key] if key not in keys else keys
+        elif key not in keys:
+            raise NotFound("that key is not installed")
+        elif op == "use":
+            primary = key
+        elif key == primary:
+            raise Conflict("removing the primary key is not allowed (use another key first)")
+        else:
+            keys = [k for k in keys if k != key]
+        self.store.put("keyring", "cluster", KeyringSpec(keys=tuple(keys), primary=primary),
+                       self.clock())
+        log.info("keyring %s of a key: %d key(s) installed", op, len(keys))
+        return self.keys()
 
     def _status_line(self) -> str:
         m = self._member_counts()
@@ -305,6 +347,14 @@ class Agent:
         async def published(request: Any) -> Any:
             return [p.to_dict() for p in self.store.all("published").values()]
 
+        async def keys_get(request: Any) -> Any:
+            return self.keys()
+
+        async def keys_post(request: Any) -> Any:
+            from meshnet.api.server import read_body
+
+            return self.change_keys(await read_body(request))
+
         async def service_rm(request: Any) -> Any:
             remove_service(self.store, request.match_info["name"], self.clock())
             return {"removed": request.match_info["name"]}
@@ -314,7 +364,8 @@ class Agent:
                 (("POST", "/v1/services"), service_create), (("GET", "/v1/services"), service_ls),
                 (("DELETE", "/v1/services/{name}"), service_rm),
                 (("POST", "/v1/published"), publish), (("GET", "/v1/published"), published),
-                (("DELETE", "/v1/published/{key}"), unpublish)]
+                (("DELETE", "/v1/published/{key}"), unpublish),
+                (("GET", "/v1/keys"), keys_get), (("POST", "/v1/keys"), keys_post)]
 
     def metrics(self) -> dict[str, Any]:
         """Counters of every subsystem (JSON; the Prometheus view is built from this)."""

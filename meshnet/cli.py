@@ -228,6 +228,20 @@ def cmd_cleanup(args: argparse.Namespace) -> None:
                                              if v) or "nothing to remove")
 
 
+def cmd_keys(args: argparse.Namespace) -> None:
+    client = _client(args)
+    if args.keys_cmd == "list":
+        data = client.get("/v1/keys")
+    else:
+        data = client.post("/v1/keys", {"op": args.keys_cmd, "key": args.key})
+
+    def text(d: dict[str, Any]) -> str:
+        if not d["encrypted"]:
+            return "gossip encryption is off"
+        return "\n".join(f"{k}{'  (primary)' if k == d['primary'] else ''}" for k in d["keys"])
+    _emit(args, data, text)
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> None:
     from meshnet.keys import generate_key
 
@@ -346,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_cmd", required=True, parser_class=_Parser)
     keys.add_parser("generate", help="print a new key (as `serf keygen`)").set_defaults(
         func=cmd_keys_generate)
+    keys.add_parser("list", parents=[common], help="installed keys").set_defaults(
+        func=cmd_keys)
+    for op, what in (("install", "add a key cluster-wide"), ("use", "make a key primary"),
+                     ("remove", "remove a key cluster-wide")):
+        kp = keys.add_parser(op, parents=[common], help=what)
+        kp.add_argument("key")
+        kp.set_defaults(func=cmd_keys)
 
     from meshnet.lab.cli import add_lab_parser
 

@@ -44,7 +44,7 @@ log = logging.getLogger("meshnet.gossip")
 STATE_NAMES = {"dead": "failed"}  # serf's words, as `serf members` shows them
 TABLE_MAGIC = ord("m")
 #: tables whose entries outlive the node that wrote them (the rest are node-scoped)
-CLUSTER_TABLES = frozenset({"networks", "services", "published"})
+CLUSTER_TABLES = frozenset({"networks", "services", "published", "keyring"})
 
 
 class Cluster:
@@ -226,6 +226,33 @@ class Cluster:
         self._timer = None
         self.tables.tick(self.now())
         self._pump()
+
+    # --- keyring ----------------------------------------------------------------------
+
+    def keyring(self) -> tuple[list[str], str] | None:
+        """(installed keys, primary) as base64, or None when gossip is not encrypted."""
+        from meshnet.gossip.security import encode_key
+
+        ring = self.core.keyring
+        if not ring:
+            return None
+        return [encode_key(k) for k in ring.keys], encode_key(ring.primary)
+
+    def apply_keyring(self, keys: list[str], primary: str) -> None:
+        """Make the live keyring exactly ``keys`` with ``primary`` first (idempotent)."""
+        from meshnet.gossip.security import decode_key
+
+        ring = self.core.keyring
+        if ring is None:
+            log.warning("keyring change ignored: this agent runs without encryption")
+            return
+        want = [decode_key(k) for k in keys]
+        for k in want:
+            ring.install(k)
+        ring.use(decode_key(primary))
+        for k in ring.keys:
+            if k not in want:
+                ring.remove(k)
 
     def metrics(self) -> dict[str, Any]:
         assert self.tables is not None

@@ -374,3 +374,24 @@ class TaskHealth(_Model):
 
 _NESTED[("Service", "ports")] = PortSpec
 _NESTED[("Service", "health")] = HealthSpec
+
+
+@dataclass(frozen=True)
+class KeyringSpec(_Model):
+    """The cluster's gossip keyring (base64 keys, as `serf keygen` prints them)."""
+
+    keys: tuple[str, ...]
+    primary: str
+
+    def __post_init__(self) -> None:
+        from meshnet.keys import decode_key
+
+        if not isinstance(self.keys, tuple | list) or not self.keys:
+            raise ModelError("a keyring needs at least one key")
+        self._set("keys", tuple(self.keys))
+        for k in self.keys:
+            if not isinstance(k, str):
+                raise ModelError("keys are base64 strings")
+            decode_key(k)
+        if self.primary not in self.keys:
+            raise ModelError("the primary key must be one of the installed keys")

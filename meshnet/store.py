@@ -13,6 +13,7 @@ services    service name           :class:`~meshnet.model.Service`
 published   ``port/proto``         :class:`~meshnet.model.PublishedPort`
 health      ``network/ip``         :class:`~meshnet.model.TaskHealth`
 vteps       node name              :class:`~meshnet.model.Node`
+keyring     ``cluster``            :class:`~meshnet.model.KeyringSpec`
 ==========  =====================  ==========================
 
 An entry that does not decode (written by a newer or broken peer) is skipped and counted,
@@ -27,7 +28,16 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from meshnet.errors import ModelError
-from meshnet.model import Endpoint, Network, Node, PublishedPort, Service, TaskHealth, _Model
+from meshnet.model import (
+    Endpoint,
+    KeyringSpec,
+    Network,
+    Node,
+    PublishedPort,
+    Service,
+    TaskHealth,
+    _Model,
+)
 from meshnet.ports import TableBackend
 
 log = logging.getLogger("meshnet.store")
@@ -40,6 +50,7 @@ TABLES: dict[str, type[_Model]] = {
     "published": PublishedPort,
     "health": TaskHealth,
     "vteps": Node,
+    "keyring": KeyringSpec,
 }
 
 

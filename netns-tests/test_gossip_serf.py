@@ -188,3 +188,33 @@ def test_table_entry_everywhere_and_partition_heal(make_lab):
                timeout=15, what="identical tables after heal")
     names = [n for n, _ in tables_view(lab, "h1")[0]]
     assert names == ["left", "right"], (names, want)
+
+
+def test_key_rotation_keeps_members_and_locks_out_the_old_key(make_lab):
+    k1, k2 = generate_key(), generate_key()
+    lab = make_lab(hosts=3, agent_args=["--encrypt-key", k1])
+    wait_until(lambda: all(set(meshnet_members(lab, h).values()) == {"alive"} and
+                           len(meshnet_members(lab, h)) == 3 for h in MESH), what="cluster")
+    a = api(lab, "h2")
+    a.post("/v1/keys", {"op": "install", "key": k2})
+    wait_until(lambda: all(k2 in api(lab, h).get("/v1/keys")["keys"] for h in MESH),
+               what="k2 installed everywhere")
+    a.post("/v1/keys", {"op": "use", "key": k2})
+    wait_until(lambda: all(api(lab, h).get("/v1/keys")["primary"] == k2 for h in MESH),
+               what="k2 primary everywhere")
+    from meshnet.errors import UserError
+    with pytest.raises(UserError, match="primary"):
+        a.post("/v1/keys", {"op": "remove", "key": k2})
+    a.post("/v1/keys", {"op": "remove", "key": k1})
+    wait_until(lambda: all(api(lab, h).get("/v1/keys")["keys"] == [k2] for h in MESH),
+               what="k1 removed everywhere")
+    time.sleep(2)
+    for h in MESH:  # nobody was lost on the way
+        assert set(meshnet_members(lab, h).values()) == {"alive"}, meshnet_members(lab, h)
+    # a serf agent that only knows the old key cannot join any more
+    s = Serf(lab, "h4", "old", join="192.0.2.1", key=k1)
+    try:
+        time.sleep(3)
+        assert "old" not in meshnet_members(lab, "h1")
+    finally:
+        s.kill()
