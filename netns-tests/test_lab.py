@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from conftest import lab_exec, meshnet, unique
+from conftest import MINE, lab_exec, meshnet, unique
 
 from meshnet import netns
 from meshnet.lab.lab import Lab
@@ -101,7 +101,10 @@ def test_agent_graceful_sigterm(make_lab):
 
 def test_user_errors_exit_2_and_change_nothing(make_lab, tmp_path):
     lab = make_lab(hosts=1)
-    before = netns.list_netns()
+
+    def mine() -> list[str]:  # this lab's namespaces (other runs may share the machine)
+        return [n for n in netns.list_netns() if lab.spec.name in n or MINE in n]
+    before = mine()
     cases = [
         lab_exec(lab, "h1", "meshnet", "network", "create", "x", "--subnet", "10.0.0.0/33"),
         meshnet("lab", "exec", "--name", lab.spec.name, "h7", "--", "true"),
@@ -117,6 +120,6 @@ def test_user_errors_exit_2_and_change_nothing(make_lab, tmp_path):
         assert r.returncode == 2, (r.args, r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
-    assert netns.list_netns() == before
+    assert mine() == before
     nets = lab_exec(lab, "h1", "meshnet", "network", "ls", "--json", check=True)
     assert json.loads(nets.stdout) == []
