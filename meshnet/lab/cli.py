@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 from meshnet.errors import UserError
-from meshnet.lab.lab import Lab
 from meshnet.lab.topology import LabSpec, check_lab_name
 
 
@@ -61,6 +60,8 @@ def _command(rest: list[str]) -> list[str]:
 
 
 def dispatch(args: argparse.Namespace) -> None:
+    from meshnet.lab.lab import Lab  # pyroute2: only for lab commands (the CLI starts fast)
+
     cmd = args.lab_cmd
     if cmd == "ls":
         labs = [Lab.load(n).describe() for n in Lab.names()]

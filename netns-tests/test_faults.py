@@ -1,0 +1,143 @@
+"""Issue 10: faults (partition and heal, underlay address loss) and security surface."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import api, ns_exec, wait_until
+from test_overlay import converged, kernel_dump, overlay_setup
+
+PY = [sys.executable, "-m", "meshnet.testing.traffic"]
+
+
+@pytest.fixture
+def cluster(make_lab):
+    lab = make_lab(hosts=3)
+    overlay_setup(lab, "app", "10.130.0.0/24")
+    api(lab, "h1").post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
+    for i in (1, 2, 3):
+        lab.run(f"h{i}", f"w{i}", [*PY, "http", "80", f"w{i}"],
+                {"network": "app", "name": f"w{i}", "service": "web", "aliases": []})
+    lab.run("h2", "cl", ["sleep", "3600"], {"network": "app", "name": "cl", "aliases": []})
+    converged(lab, 4)
+    return lab
+
+
+def isolate(lab, host: str, on: bool) -> None:
+    """Drop everything between ``host`` and the rest of the underlay."""
+    op = "-I" if on else "-D"
+    for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
+        subprocess.run(["ip", "netns", "exec", lab.spec.host_ns(host), "iptables", op, chain,
+                        flag, "192.0.2.0/24", "-j", "DROP"], check=True)
+
+
+def views(lab):
+    out = {}
+    for h in lab.spec.host_names:
+        a = api(lab, h)
+        out[h] = (sorted((e["name"], e["ip"], e["host"]) for e in a.get("/v1/endpoints")),
+                  sorted(s["name"] for s in a.get("/v1/services")))
+    return out
+
+
+def dig_status(lab, c, name):
+    out = ns_exec(lab.spec.container_ns(c), "dig", "+time=1", "+tries=1", name).stdout
+    return out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "TIMEOUT"
+
+
+def test_partition_30s_and_heal_converges_within_5s(cluster):
+    lab = cluster
+    before = views(lab)
+    answers: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def probe():  # a live service must never answer NXDOMAIN
+        while not stop.is_set():
+            answers.append((time.monotonic(), dig_status(lab, "cl", "web")))
+            time.sleep(0.2)
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        isolate(lab, "h1", True)
+        wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h2").get("/v1/members")}
+                   .get("h1") == "failed", timeout=15, what="h1 failed on h2")
+        # h1's task is gone on the other side meanwhile
+        wait_until(lambda: "w1" not in [e["name"] for e in api(lab, "h2").get("/v1/endpoints")],
+                   timeout=5, what="w1 removed on h2")
+        time.sleep(30)
+        isolate(lab, "h1", False)
+        healed = time.monotonic()
+        wait_until(lambda: views(lab) == before, timeout=5, interval=0.1,
+                   what="tables equal everywhere after heal")
+        mac = next(e["mac"] for e in api(lab, "h1").get("/v1/endpoints") if e["name"] == "w1")
+        wait_until(lambda: any(mac in ln for ln in kernel_dump(lab, "h2")), timeout=5,
+                   what="w1's FDB entry back on h2")
+        assert time.monotonic() - healed < 5.0
+        ips = sorted(e["ip"] for e in api(lab, "h2").get("/v1/endpoints")
+                     if e["name"].startswith("w"))
+        wait_until(lambda: sorted(ns_exec(lab.spec.container_ns("cl"), "dig", "+short",
+                                          "tasks.web").stdout.split()) == ips,
+                   timeout=5, what="DNS back to all tasks")
+        r = ns_exec(lab.spec.container_ns("cl"), *PY, "hits",
+                    f"http://{api(lab, 'h2').get('/v1/services')[0]['vip']}/", "60")
+        import json
+        counts = json.loads(r.stdout)["counts"]
+        assert set(counts) == {"w1", "w2", "w3"}, counts
+    finally:
+        stop.set()
+        t.join()
+    assert all(status != "NXDOMAIN" for _, status in answers), answers
+
+
+def test_host_loses_and_regains_underlay_address(cluster):
+    lab = cluster
+    ns = lab.spec.host_ns("h3")
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "del", "192.0.2.3/24",
+                    "dev", "eth0"], check=True)
+    time.sleep(5)
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "add", "192.0.2.3/24",
+                    "dev", "eth0"], check=True)
+    wait_until(lambda: all(set(m["state"] for m in api(lab, h).get("/v1/members")) == {"alive"}
+                           for h in lab.spec.host_names), timeout=20, what="all alive again")
+    converged(lab, 4)
+    w3 = next(e for e in api(lab, "h3").get("/v1/endpoints") if e["name"] == "w3")
+    wait_until(lambda: ns_exec(lab.spec.container_ns("cl"), "ping", "-c", "1", "-W", "1",
+                               w3["ip"]).returncode == 0, timeout=15, what="w3 reachable")
+
+
+def test_api_socket_refuses_non_root(cluster):
+    lab = cluster
+    sock = lab.spec.api_socket("h1")
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); "
+            f"s.connect({sock!r}); print('connected')")
+    # the venv's interpreter lives under /root; the system one runs as nobody, and the
+    # CLI's status path needs only the standard library
+    r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                       user=65534, group=65534)
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["/usr/bin/python3", "-m", "meshnet", "status", "--api", sock],
+                       capture_output=True, text=True, user=65534, group=65534, cwd=repo,
+                       env={"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": repo})
+    assert r.returncode == 2 and "permission denied" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resolver_only_inside_containers_and_nothing_else_listens(cluster):
+    lab = cluster
+    api(lab, "h1").post("/v1/published", {"published": 8080, "target": 80})
+    time.sleep(1)
+    for ns in (lab.spec.host_ns("h2"), lab.spec.host_ns("h1")):
+        out = ns_exec(ns, "dig", "+time=1", "+tries=1", "@127.0.0.11", "web").stdout
+        assert "status: NOERROR" not in out, out
+    assert dig_status(lab, "cl", "web") == "NOERROR"
+    for h in lab.spec.host_names:
+        lines = ns_exec(lab.spec.host_ns(h), "ss", "-Hlnptu").stdout.splitlines()
+        allowed = {f"{lab.spec.host_addr(h)}:7946", "0.0.0.0:8080", "0.0.0.0:4789", "*:4789"}
+        for line in lines:
+            local = line.split()[4]
+            assert local in allowed, f"{h}: unexpected listener {line}"
