@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 APT_PKGS := iproute2 iputils-ping procps psmisc iptables nftables conntrack ipvsadm serf \
-            dnsmasq-base dnsutils dnsperf iperf3 busybox-static tcpdump curl socat wrk
+            dnsmasq-base dnsutils dnsperf iperf3 busybox-static tcpdump curl socat wrk docker.io
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv lint unit netns test demo bench clean-lab help

@@ -9,6 +9,7 @@ objects (``netobjects``) and the port reservations, then refresh the health targ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +103,17 @@ class LoadBalancing:
             store.delete("health", key, agent.clock())
             self.health_written.discard(key)
         if self.not_ready or self.rec.skipped:
-            raise RuntimeError(f"sandboxes not ready yet: {self.not_ready or self.rec.skipped}")
+            # a sandbox the overlay has not made (yet, or any more: a namespace that
+            # vanished mid-attach): nothing to program there now. Try again shortly, but
+            # do not fail this run, so attach/detach (which wait for every runner to
+            # settle) are never held up by it.
+            log.debug("sandboxes not ready: %s", self.not_ready or self.rec.skipped)
+            asyncio.get_running_loop().call_later(0.5, self._kick)
+
+    def _kick(self) -> None:
+        for runner in self.agent.runners:
+            if runner.name == "lb":
+                runner.kick()
 
     def _health_changed(self, th: TaskHealth) -> None:
         key = f"{th.network}/{th.ip}"

@@ -239,9 +239,11 @@ class DockerWatcher:
                     attached.add(op.attachment.container)
             else:
                 await self._detach(op.netns, op.network, op.name)
+        have = {(e.netns, e.network) for e in self.agent.local_endpoints()}
         for c in live:
             if c.id in attached or (c.id, c.pid) not in self._resolv_done:
-                self._fix_resolv(c)
+                if any((c.netns, n) in have for n in c.networks):
+                    self._fix_resolv(c)
 
     async def _attach(self, body: dict[str, Any], key: tuple[str, str]) -> bool:
         self.owned.add(key)
@@ -278,10 +280,7 @@ class DockerWatcher:
             log.info("container %s is gone: detached from %s", name, network)
 
     def _fix_resolv(self, c: Container) -> None:
-        """Point the container at 127.0.0.11, once per start, if it has an endpoint."""
-        have = {(e.netns, e.network) for e in self.agent.local_endpoints()}
-        if not any((c.netns, n) in have for n in c.networks):
-            return
+        """Point the container at 127.0.0.11 (once per start of the container)."""
         self._resolv_done = {k for k in self._resolv_done if k[0] in self.containers}
         self._resolv_done.add((c.id, c.pid))
         if not c.resolv_conf:
