@@ -359,7 +359,10 @@ class Agent:
             remove_service(self.store, request.match_info["name"], self.clock())
             return {"removed": request.match_info["name"]}
 
-        return [(("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
+        from meshnet.trace.service import trace_routes  # also serves peers' capture orders
+
+        return [*trace_routes(self),
+                (("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
                 (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics),
                 (("POST", "/v1/services"), service_create), (("GET", "/v1/services"), service_ls),
                 (("DELETE", "/v1/services/{name}"), service_rm),

@@ -195,6 +195,24 @@ def cmd_unpublish(args: argparse.Namespace) -> None:
     _emit(args, data, lambda p: f"unpublished {p['published']}/{p['protocol']}")
 
 
+def cmd_trace(args: argparse.Namespace) -> None:
+    """Exit status 1 when a hop is broken (as ping), after printing the report."""
+    from meshnet.trace.model import TraceRequest, parse_destination
+    from meshnet.trace.render import render
+
+    if len(args.path) != (1 if args.from_host else 2):
+        raise UserError("usage: meshnet trace SRC DST[:PORT][/tcp|/udp], or "
+                        "meshnet trace --from HOST [ADDR]:PORT[/tcp|/udp]")
+    host, port, proto = parse_destination(args.path[-1])
+    req = TraceRequest(dst=host, src="" if args.from_host else args.path[0], port=port,
+                       proto=proto, from_host=args.from_host or "",
+                       pcap=os.path.abspath(args.pcap) if args.pcap else "")
+    data = _client(args).post("/v1/trace", req.to_body())
+    _emit(args, data, render)
+    if not data.get("verdict", {}).get("ok"):
+        sys.exit(1)
+
+
 # --- local commands ----------------------------------------------------------------------
 
 
@@ -351,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("unpublish", parents=[common], help="remove a published port")
     up.add_argument("port", metavar="PUBLISHED[/tcp|/udp]")
     up.set_defaults(func=cmd_unpublish)
+
+    tr = sub.add_parser("trace", parents=[common],
+                        help="walk a real probe hop by hop and compare with the tables")
+    tr.add_argument("path", nargs="+", metavar="ARG",
+                    help="SRC DST[:PORT][/tcp|/udp]: an attached container and a name, VIP "
+                         "or address; with --from, only [ADDR]:PORT[/tcp|/udp]")
+    tr.add_argument("--from", dest="from_host", metavar="HOST",
+                    help="trace traffic entering HOST on a published port (DST = [ADDR]:PORT)")
+    tr.add_argument("--pcap", metavar="DIR", help="keep the captures as pcap files in DIR")
+    tr.set_defaults(func=cmd_trace)
 
     c = sub.add_parser("cleanup", parents=[common],
                        help="remove every kernel object meshnet owns on this host")

@@ -14,6 +14,7 @@ published   ``port/proto``         :class:`~meshnet.model.PublishedPort`
 health      ``network/ip``         :class:`~meshnet.model.TaskHealth`
 vteps       node name              :class:`~meshnet.model.Node`
 keyring     ``cluster``            :class:`~meshnet.model.KeyringSpec`
+traces      ``id/kind/node``       :class:`~meshnet.trace.model.TraceEntry`
 ==========  =====================  ==========================
 
 An entry that does not decode (written by a newer or broken peer) is skipped and counted,
@@ -39,6 +40,7 @@ from meshnet.model import (
     _Model,
 )
 from meshnet.ports import TableBackend
+from meshnet.trace.model import TraceEntry
 
 log = logging.getLogger("meshnet.store")
 M = TypeVar("M", bound=_Model)
@@ -51,6 +53,7 @@ TABLES: dict[str, type[_Model]] = {
     "health": TaskHealth,
     "vteps": Node,
     "keyring": KeyringSpec,
+    "traces": TraceEntry,
 }
 
 

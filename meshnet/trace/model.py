@@ -175,7 +175,7 @@ class TraceRequest:
     timeout: float = 3.0
 
     def __post_init__(self) -> None:
-        if not self.dst:
+        if not self.dst and not self.from_host:
             raise UserError("trace needs a destination")
         if bool(self.src) == bool(self.from_host):
             raise UserError("trace needs either a source container or --from HOST")
@@ -201,7 +201,7 @@ class TraceRequest:
                    timeout=body.get("timeout", 3.0))
 
     def to_body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dst": self.dst, "proto": self.proto}
+        out: dict[str, Any] = {"dst": self.dst, "proto": self.proto, "timeout": self.timeout}
         for k, v in (("src", self.src), ("port", self.port), ("from", self.from_host),
                      ("pcap", self.pcap)):
             if v:

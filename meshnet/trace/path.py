@@ -73,6 +73,7 @@ class Expected:
     unhealthy: tuple[str, ...] = ()  #: "name ip (reason)" of tasks LB will not pick
     published: int = 0
     src_mac: str = ""
+    exposed: bool = True  #: the service has a rule for port/proto (False: the VIP answers)
 
     @property
     def remote_hosts(self) -> tuple[str, ...]:
@@ -88,7 +89,8 @@ class Expected:
                 "proto": self.proto, "sandbox": self.sandbox, "vxlan_dev": self.vxlan_dev,
                 "udp_port": VXLAN_PORT, "service": self.service,
                 "backends": [b.to_dict() for b in self.backends],
-                "unhealthy": list(self.unhealthy), "published": self.published}
+                "unhealthy": list(self.unhealthy), "published": self.published,
+                "exposed": self.exposed}
 
 
 def find_source(view: View, src: str) -> Endpoint:
@@ -148,9 +150,11 @@ def expected_path(view: View, src: Endpoint, dst_ip: str, port: int | None,
     for svc in view.services.values():
         if svc.network == net.name and svc.vip == addr:
             port = _port_for(svc, port, proto)
+            exposed = any(p.port == port and p.protocol == proto for p in svc.ports)
             good, bad = _service_backends(view, svc, port)
             return Expected(kind="vip", port=port, target=port, service=svc.name,
-                            backends=good, unhealthy=bad, **base)  # type: ignore[arg-type]
+                            backends=good if exposed else (), unhealthy=bad, exposed=exposed,
+                            **base)  # type: ignore[arg-type]
     for e in view.endpoints:
         if e.network == net.name and e.ip == addr:
             if port is None:
@@ -173,7 +177,7 @@ def _port_for(svc: Service, port: int | None, proto: str) -> int:
     return port
 
 
-def expected_ingress(view: View, published: int, proto: str, host_addr: str) -> Expected:
+def expected_ingress(view: View, published: int, proto: str) -> Expected:
     """Traffic entering ``view.node`` on a published port: host DNAT to VIP:target,
     into the sandbox over the ingress link, LB there, SNAT to this host's LB address."""
     pp = next((p for p in view.published if p.published == published
