@@ -209,6 +209,18 @@ class Memberlist(ProbeMixin, SyncMixin):
         body = codec.pack({"LTime": self._serf_ltime, "Node": self.name, "Prune": False})
         self._leave_intent = self._bq.queue(bytes([USER, SERF_LEAVE_INTENT]) + body,
                                             key=f"serf:intent:{self.name}")
+        # Gossip alone may miss a serf peer (meshnet members do not re-gossip serf
+        # intents), and a serf that never saw the intent shows us "failed", not "left":
+        # tell every serf peer directly, over UDP and over TCP (a reliable user message).
+        for rec in list(self._ms.nodes.values()):
+            if rec.name == self.name or rec.state not in (NodeState.ALIVE, NodeState.SUSPECT):
+                continue
+            if rec.member().is_meshnet:
+                continue
+            self._send_msg(rec.address, bytes([USER, SERF_LEAVE_INTENT]) + body, rec)
+            self._new_stream(rec.address, encode_user_stream(bytes([SERF_LEAVE_INTENT]) + body),
+                             False, now, "user")
+            self.metrics["sent.leave_intent.direct"] += 1
         self._leave_dead_at = now + self.config.leave_intent_wait
         if not self._any_alive_peer():
             self._leave_dead_at = now
