@@ -58,6 +58,17 @@ NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal"}
 ATTACH_FIELDS = {"netns", "network", "name", "service", "aliases", "ip"}
 
 
+def _ns_identity(ns: str) -> str:
+    """device:inode of a namespace (name or path), "" if it is gone."""
+    from meshnet.netns import path_of
+
+    try:
+        st = os.stat(path_of(ns))
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def pick_vni(name: str, taken: set[int]) -> int:
     """A VNI for a new network: a hash of its name, probed linearly past any taken VNI.
 
@@ -198,9 +209,10 @@ class Agent:
             if not self._stop.is_set():
                 await self.start_reconcilers()
                 if self.config.runtime == "docker":
+                    from meshnet.runtime.docker import DockerClient
                     from meshnet.runtime.watcher import DockerWatcher
 
-                    docker = DockerWatcher(self)
+                    docker = DockerWatcher(self, DockerClient(self.config.docker_socket))
                     await docker.start()
                 await self._settle()
                 log.info("cluster view synced; data plane running")
@@ -597,7 +609,8 @@ class Agent:
             del self.gw_allocs[ns]
         data = {"endpoints": [e.to_dict() for e in local],
                 "gateways": {ns: {"ip": a.ip, "ifname": a.ifname}
-                             for ns, a in self.gw_allocs.items()}}
+                             for ns, a in self.gw_allocs.items()},
+                "identity": {ns: _ns_identity(ns) for ns in in_use if ns}}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -631,13 +644,20 @@ class Agent:
         for ns, a in gateways.items():
             if isinstance(a, dict) and self.overlay_kernel.netns_exists(ns):
                 self.gw_allocs[ns] = Allocation(str(a.get("ip", "")), str(a.get("ifname", "")))
+        identity = data.get("identity", {}) if isinstance(data.get("identity"), dict) else {}
+
+        def same_namespace(ns: str) -> bool:
+            # /proc/PID/ns/net of a dead container may now be another process's: a
+            # namespace is only restored if it is the very one we attached (inode)
+            return self.overlay_kernel.netns_exists(ns) and (
+                ns not in identity or identity[ns] == _ns_identity(ns))
         for raw in saved:
             try:
                 ep = Endpoint.from_dict(raw)
             except UserError as exc:
                 log.warning("ignoring a saved endpoint: %s", exc)
                 continue
-            if ep.host == self.node and self.overlay_kernel.netns_exists(ep.netns):
+            if ep.host == self.node and (not ep.netns or same_namespace(ep.netns)):
                 self.store.put("endpoints", ep.key, ep, self.clock())
                 log.info("restored endpoint %s (%s) on %s", ep.name, ep.ip, ep.network)
 

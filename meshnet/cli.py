@@ -231,6 +231,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "underlay_mtu": args.underlay_mtu, "log_level": args.log_level,
         "dns_upstreams": args.dns_upstream, "state_dir": args.state_dir,
         "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
+        "docker_socket": args.docker_socket,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--state-dir", metavar="DIR")
     a.add_argument("--netns-prefix", metavar="PREFIX", help="prefix of namespaces it creates")
     a.add_argument("--gwbridge-subnet", metavar="CIDR", help="egress bridge subnet")
+    a.add_argument("--docker-socket", metavar="PATH", help="Docker API socket (--runtime docker)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     a.set_defaults(func=cmd_agent)
 

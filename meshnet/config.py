@@ -83,6 +83,7 @@ class AgentConfig:
     dns_upstreams: tuple[str, ...] = ()  #: empty: the host's /etc/resolv.conf
     netns_prefix: str = ""  #: prefix of namespaces this agent creates; default "mn-"
     gwbridge_subnet: str = "198.18.0.0/16"  #: the egress bridge's subnet (host-local)
+    docker_socket: str = "/var/run/docker.sock"  #: Docker Engine API (--runtime docker)
 
     def __post_init__(self) -> None:
         try:
