@@ -1,38 +1,71 @@
 #!/usr/bin/env bash
-# `make demo`: a 3-host lab showing what meshnet does today. Leaves the lab up.
+# `make demo`: a 3-host lab showing meshnet end to end. Leaves the lab up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=.venv/bin/meshnet
+PY=$PWD/.venv/bin/python
+L=demo
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+on() { local h=$1; shift; run $M lab exec --name $L "$h" -- "$@"; }
+inside() { local c=$1; shift; run ip netns exec "$L-$c" "$@"; }
 
 step "fresh start: remove a previous demo lab, if any"
-run $M lab down --name demo
+run $M lab down --name $L
 
-step "build a 3-host lab: namespaces h1..h3 on an underlay bridge, one agent each"
-run $M lab up --name demo --hosts 3
+step "a 3-host lab: namespaces h1..h3 on an underlay bridge, one agent each (gossip)"
+run $M lab up --name $L --hosts 3
+on h1 meshnet members
 
-step "every host runs an agent with its own API socket"
-for h in h1 h2 h3; do run $M lab exec --name demo $h -- meshnet status; done
+step "an overlay network, created on h1, known everywhere through gossip"
+on h1 meshnet network create appnet --subnet 10.10.0.0/24
+sleep 0.5
+on h3 meshnet network ls
 
-step "cluster membership as h1 sees it"
-run $M lab exec --name demo h1 -- meshnet members
+step "a load-balanced service with a health check, and three tasks on three hosts"
+on h1 meshnet service create web --network appnet --port 80 --health tcp --health-interval 0.5
+for i in 1 2 3; do
+  run $M lab run --name $L h$i web$i --network appnet --service web -- \
+      $PY -m meshnet.testing.traffic http 80 "hello from web$i (you are {peer})"
+done
+run $M lab run --name $L h2 client --network appnet --alias shell -- sleep 36000
+on h1 meshnet endpoint ls
 
-step "create an overlay network (VNI chosen for you) and list networks on every host"
-run $M lab exec --name demo h1 -- meshnet network create appnet --subnet 10.10.0.0/24
-for h in h1 h2 h3; do run $M lab exec --name demo $h -- meshnet network ls; done
+step "inside a container: names from the embedded DNS at 127.0.0.11"
+inside client cat /etc/resolv.conf
+inside client dig +short web1
+inside client dig +short web          # the service VIP
+inside client dig +short tasks.web    # the healthy tasks
+inside client dig +short example.com  # forwarded to the lab's outside resolver
 
-step "invalid input is one clear line, exit status 2, and changes nothing"
-run $M lab exec --name demo h1 -- meshnet network create bad --subnet 10.0.0.0/33 || echo "(exit $?)"
+step "across hosts over VXLAN, and through the service VIP (load-balanced)"
+inside client ping -c 2 -W 2 web3
+for i in 1 2 3 4 5 6; do inside client $PY -m meshnet.testing.traffic get http://web/ 2; done
 
-cat <<'MSG'
+step "the routing mesh: publish once, every host answers (h2 via the overlay)"
+on h1 meshnet publish 8080:80
+sleep 2  # every host programs the mesh (its sandbox, LB address, rules)
+OUT=$($PY -c "from meshnet.lab.lab import Lab; print(Lab.load('$L').add_bare_host('h9'))")
+for h in 1 2 3; do run ip netns exec "$OUT" $PY -m meshnet.testing.traffic get http://192.0.2.$h:8080/ 2; done
 
-The lab "demo" is still up. Explore it:
+step "egress: containers reach the outside through their host's gateway bridge (NAT)"
+inside client ping -c 1 -W 2 192.0.2.253
+
+step "meshnet trace: a real probe, captured hop by hop"
+on h2 meshnet trace client web:80 || true
+
+step "status of an agent"
+on h2 meshnet status
+
+cat <<MSG
+
+The lab "$L" is still up. Explore it:
   .venv/bin/meshnet lab ls
-  .venv/bin/meshnet lab exec --name demo h2 -- meshnet status --json
-  .venv/bin/meshnet lab exec --name demo h1 -- ip addr        # any command inside a host
-  ip netns list                                              # mn-demo-* are the lab's
-  tail /run/meshnet/demo/h1.log                              # an agent's structured log
+  .venv/bin/meshnet lab exec --name $L h2 -- meshnet status --json
+  .venv/bin/meshnet lab exec --name $L h1 -- meshnet trace web1 web3:80
+  ip netns exec $L-client dig tasks.web                     # inside a container
+  ip netns list                                              # mn-$L-* are the lab's
+  tail /run/meshnet/$L/h1.log                                # an agent's structured log
 Take it down (removes every namespace, link and process it made):
-  .venv/bin/meshnet lab down --name demo
+  .venv/bin/meshnet lab down --name $L
 MSG
