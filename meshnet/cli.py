@@ -65,9 +65,19 @@ def cmd_status(args: argparse.Namespace) -> None:
             f"networks:   {d['networks']}   endpoints: {d['endpoints']}   "
             f"services: {d['services']}",
         ]
-        for key in ("lb", "dataplane"):
-            if key in d:
-                lines.append(f"{key + ':':11} {d[key]}")
+        if "dataplane" in d:
+            dp = d["dataplane"]
+            ov = dp["overlay"]
+            lines.append(f"dataplane:  vtep {dp['vtep']}, underlay MTU {dp['underlay_mtu']}; "
+                         f"overlay {ov['syncs']} syncs, {ov['ops_applied']} changes, "
+                         f"{ov['errors']} errors")
+        if "lb" in d:
+            lb = d["lb"]
+            ipvs = "available" if lb["ipvs"]["available"] else \
+                f"unavailable ({lb['ipvs']['reason']})"
+            lines.append(f"lb:         {lb['backend']} backend; IPVS {ipvs}")
+            lines.append(f"            {lb['virtual_services']} virtual services, published: "
+                         f"{', '.join(lb['published']) or 'none'}")
         return "\n".join(lines)
 
     _emit(args, data, text)
