@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 from meshnet import netns
 

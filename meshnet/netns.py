@@ -151,7 +151,7 @@ def ipr(name: str | None = None):  # -> IPRoute
     the socket keeps its namespace. Thread-safe (setns of a network namespace is
     per-thread) and ~3x faster than pyroute2's ``netns=`` argument, which forks a helper.
     """
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
 
     if name is None:
         return IPRoute()

@@ -52,7 +52,7 @@ def ipvs_available() -> tuple[bool, str]:
     else:
         why = ""
     try:
-        from pyroute2 import IPVS
+        from pyroute2.ipvs import IPVS
 
         sock = IPVS()
         sock.close()
@@ -188,7 +188,7 @@ def plan_ipvs(want: Mapping[str, Mapping[int, IpvsService]],
 
 
 def _service_nla(fwmark: int, scheduler: str | None = None):
-    from pyroute2 import IPVSService
+    from pyroute2.ipvs import IPVSService
 
     kw = dict(fwmark=fwmark, af=socket.AF_INET)
     if scheduler is not None:  # a full entry: the kernel wants netmask/flags/timeout too
@@ -218,7 +218,7 @@ def service_request(cmd: str, fwmark: int, scheduler: str = "rr"):
 
 def dest_request(cmd: str, fwmark: int, ip: str, port: int, weight: int = 1):
     """An ``ipvsmsg`` for IPVS_CMD_{NEW,SET,DEL}_DEST (masquerade forwarding)."""
-    from pyroute2 import IPVSDest
+    from pyroute2.ipvs import IPVSDest
     from pyroute2.netlink.generic import ipvs as g
 
     cmds = {"add": g.IPVS_CMD_NEW_DEST, "set": g.IPVS_CMD_SET_DEST,
@@ -319,7 +319,7 @@ def _ipvs_socket(ns: str):
     """An IPVS genl socket inside ``ns`` (this thread setns in and back, as netns.ipr)."""
     import ctypes
 
-    from pyroute2 import IPVS
+    from pyroute2.ipvs import IPVS
 
     from meshnet import netns
 
@@ -338,7 +338,7 @@ def _ipvs_socket(ns: str):
 
 
 def _dump(sock) -> dict[int, IpvsService]:  # pragma: no cover - needs ip_vs
-    from pyroute2 import IPVSDest, IPVSService
+    from pyroute2.ipvs import IPVSDest, IPVSService
 
     out = {}
     for msg in sock.service("dump"):
@@ -354,7 +354,7 @@ def _dump(sock) -> dict[int, IpvsService]:  # pragma: no cover - needs ip_vs
 
 
 def _send(sock, op: IpvsOp) -> None:  # pragma: no cover - needs ip_vs
-    from pyroute2 import IPVSDest
+    from pyroute2.ipvs import IPVSDest
 
     match op:
         case AddService(service=s):

@@ -21,7 +21,7 @@ LINK_RE = re.compile(r"^(mn[-_]|vx-|mnv)")
 
 
 def snapshot() -> dict[str, list[str]]:
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
 
     with IPRoute() as ip:
         links = sorted(
