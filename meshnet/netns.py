@@ -11,11 +11,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from pyroute2 import netns as _netns
 
 NETNS_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 def list_netns() -> list[str]:
@@ -187,3 +189,27 @@ def enter(name: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns into {name} failed")
     finally:
         os.close(fd)
+
+
+def run_in(name: str | None, fn: Callable[[], T]) -> T:
+    """Call ``fn`` on a short-lived thread that first joins namespace ``name`` (None: this
+    one) and return its result (or raise its exception). Sockets it opens keep the
+    namespace; /proc/sys/net it reads or writes is that namespace's."""
+    if name is None:
+        return fn()
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            enter(name)
+            result.append(fn())  # the thread exits inside the namespace: fine
+        except BaseException as exc:  # reported in the calling thread
+            errors.append(exc)
+
+    t = threading.Thread(target=work, name=f"in-{name}")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return result[0]

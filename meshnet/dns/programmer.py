@@ -16,8 +16,8 @@ import os
 from meshnet import netns
 from meshnet.dns import records, sandbox
 from meshnet.dns.server import ContainerDns, DnsServer
+from meshnet.reconcile import RunInKernel
 from meshnet.store import Store
-from meshnet.vxlan.reconciler import RunInKernel
 
 log = logging.getLogger("meshnet.dns")
 

@@ -22,11 +22,9 @@ Design notes
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
-import threading
 from dataclasses import dataclass
 
 from meshnet import netns
@@ -72,32 +70,9 @@ def open_sockets(ns: str | None, addr: str = DNS_ADDR) -> DnsSockets:
     """UDP + listening TCP sockets on ``addr`` port 0 inside namespace ``ns`` (a name
     under /run/netns or a path such as /proc/PID/ns/net; None: the current one).
 
-    Runs in a short-lived worker thread (setns is per thread), like ``netns.ipr``.
     Loopback must be up in the namespace (it is once any meshnet endpoint is attached).
     """
-    if ns is None:
-        return _bind_pair(addr)
-    result: list[DnsSockets] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            fd = os.open(netns.path_of(ns), os.O_RDONLY)
-            try:
-                if netns._libc().setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
-            finally:
-                os.close(fd)
-            result.append(_bind_pair(addr))  # the thread exits in the namespace: fine
-        except BaseException as exc:  # reported in the calling thread
-            errors.append(exc)
-
-    t = threading.Thread(target=work, name=f"dns-sockets-{ns}")
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+    return netns.run_in(ns, lambda: _bind_pair(addr))
 
 
 def nat_rules_text(udp_port: int, tcp_port: int, with_jumps: bool = True) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import threading
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -39,31 +38,20 @@ SANDBOX_SYSCTLS = {
 
 
 def write_sysctls(ns: str | None, values: dict[str, str]) -> None:
-    """Write /proc/sys entries as seen from namespace ``ns`` (a thread joins it)."""
-    errors: list[BaseException] = []
-
+    """Write /proc/sys entries as seen from namespace ``ns`` (missing ones are skipped:
+    br0 not there yet, or no br_netfilter)."""
     def work() -> None:
-        try:
-            if ns is not None:
-                netns.enter(ns)
-            for key, value in values.items():
-                path = f"/proc/sys/{key}"
-                try:
-                    with open(path) as f:
-                        if f.read().strip() == value:
-                            continue
-                    with open(path, "w") as f:
-                        f.write(value)
-                except FileNotFoundError:
-                    continue  # e.g. br0 not there yet, or no br_netfilter
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=work, name=f"sysctl-{ns}")
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
+        for key, value in values.items():
+            path = f"/proc/sys/{key}"
+            try:
+                with open(path) as f:
+                    if f.read().strip() == value:
+                        continue
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                continue
+    netns.run_in(ns, work)
 
 
 class LbNetKernel:
