@@ -76,8 +76,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             ipvs = "available" if lb["ipvs"]["available"] else \
                 f"unavailable ({lb['ipvs']['reason']})"
             lines.append(f"lb:         {lb['backend']} backend; IPVS {ipvs}")
-            lines.append(f"            {lb['virtual_services']} virtual services, published: "
-                         f"{', '.join(lb['published']) or 'none'}")
+            b = lb.get("backends", {})
+            lines.append(f"            {lb['virtual_services']} virtual services, tasks "
+                         f"{b.get('healthy', 0)} healthy / {b.get('unhealthy', 0)} unhealthy, "
+                         f"published: {', '.join(lb['published']) or 'none'}")
         return "\n".join(lines)
 
     _emit(args, data, text)

@@ -131,6 +131,8 @@ class LoadBalancing:
             "virtual_services": len(state.services()),
             "published": [p.key for p in state.host.published],
             "reservation_failures": dict(self.reservations.failed),
+            "backends": {h: sum(c[h] for c in self.backend_counts().values())
+                         for h in ("healthy", "unhealthy")},
         }
 
     def backend_counts(self) -> dict[str, dict[str, int]]:
