@@ -2,6 +2,7 @@
 
     python -m bench.run            # every bench/bench_*.py
     python -m bench.run lab gossip  # only these; other sections keep their last figures
+    python -m bench.run --render    # rewrite benchmarks.md from benchmarks.json
 
 Results are also kept in docs/benchmarks.json so that a partial run keeps the rest.
 """
@@ -54,8 +55,9 @@ def render(results: dict[str, dict]) -> str:
                 "| metric | meshnet | anchor | anchor value | ratio | goal |",
                 "|---|---|---|---|---|---|"]
         for r in entry["results"]:
+            ratio = "n/a" if not r["anchor"] else f"{r['ratio']:.3g}"
             out.append(f"| {r['metric']} | {r['meshnet']:.4g} {r['unit']} | {r['anchor_name']} | "
-                       f"{r['anchor']:.4g} {r['unit']} | {r['ratio']:.3g} | {r['goal']} |")
+                       f"{r['anchor']:.4g} {r['unit']} | {ratio} | {r['goal']} |")
         notes = [r["notes"] for r in entry["results"] if r.get("notes")]
         if notes:
             out += [""] + [f"- {n}" for n in notes]
@@ -64,6 +66,10 @@ def render(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--render"]:  # rewrite the page from docs/benchmarks.json only
+        store = DOCS / "benchmarks.json"
+        (DOCS / "benchmarks.md").write_text(render(json.loads(store.read_text())))
+        return 0
     names = argv or available()
     unknown = set(names) - set(available())
     if unknown:

@@ -7,13 +7,16 @@ What meshnet owns, by name (style guide rule 5):
 * links named ``mn-*`` / ``mn_*`` in this namespace;
 * iptables chains named ``MESHNET-*`` (nft and legacy back ends, every table), and the
   jumps into them from built-in chains;
-* nftables tables named ``meshnet*``.
+* nftables tables named ``meshnet*``;
+* in containers' namespaces, the DNS redirect chains ``MESHNET-DNS-*``, and the
+  ``/etc/netns/NAME/resolv.conf`` files meshnet wrote.
 
 Each step is safe to repeat; objects that are already gone are skipped.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -108,6 +111,34 @@ def remove_nft() -> list[str]:
     return removed
 
 
+def remove_container_state() -> list[str]:
+    """In other named namespaces (containers), meshnet owns only its DNS redirect chains;
+    in /etc/netns it owns the resolv.conf files it wrote (same content, byte for byte)."""
+    from meshnet.dns.sandbox import resolv_conf_text
+
+    removed = []
+    for ns in netns.list_netns():
+        if ns.startswith("mn-"):
+            continue
+        try:
+            removed += [f"{ns}:{c}" for c in netns.run_in(ns, remove_iptables)]
+        except OSError:
+            continue
+    root = "/etc/netns"
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name, "resolv.conf")
+        try:
+            with open(path) as f:
+                if f.read() != resolv_conf_text():
+                    continue
+            os.unlink(path)
+            removed.append(path)
+            os.rmdir(os.path.join(root, name))
+        except OSError:
+            continue
+    return removed
+
+
 def cleanup_host() -> dict[str, list[str]]:
     from meshnet.lab.lab import Lab
 
@@ -122,4 +153,5 @@ def cleanup_host() -> dict[str, list[str]]:
         "links": remove_links(),
         "iptables": remove_iptables(),
         "nftables": remove_nft(),
+        "containers": remove_container_state(),
     }

@@ -184,3 +184,49 @@ def test_invalid_publish_and_service_input(mesh):
     with pytest.raises(UserError, match="outside"):
         a.post("/v1/services", {"name": "x", "network": "app", "vip": "10.200.0.5"})
     assert (a.get("/v1/published"), a.get("/v1/services")) == before
+
+
+def test_host_mode_binds_only_where_a_task_runs(make_lab):
+    lab = make_lab(hosts=2)
+    overlay_setup(lab, "app", "10.102.0.0/24")
+    a = api(lab, "h1")
+    a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
+    http_task(lab, "h1", "web1", "web")
+    converged(lab, 1)
+    a.post("/v1/published", {"published": 9191, "target": 80, "mode": "host"})
+    outside = lab.add_bare_host("h9")
+    wait_until(lambda: py_in(outside, "get", "http://192.0.2.1:9191/", "2").returncode == 0,
+               what="host-mode port on the task's host")
+    r = py_in(outside, "get", "http://192.0.2.1:9191/", "2")
+    assert r.stdout.split()[:2] == ["web1", "192.0.2.9"], r.stdout  # client address kept
+    r = py_in(outside, "get", "http://192.0.2.2:9191/", "2")
+    assert r.returncode != 0 and "refused" in r.stdout.lower(), r.stdout
+    listeners = ns_exec(lab.spec.host_ns("h2"), "ss", "-Hlntu").stdout
+    assert ":9191" not in listeners
+
+
+def test_udp_flow_moves_when_its_backend_is_removed(make_lab):
+    """UDP has no close: the conntrack entry to a removed backend must be cleared, or the
+    same client flow keeps hitting the dead task until the entry times out."""
+    lab = make_lab(hosts=2)
+    overlay_setup(lab, "app", "10.103.0.0/24")
+    a = api(lab, "h1")
+    svc = a.post("/v1/services", {"name": "u", "network": "app", "ports": ["53/udp"]})
+    for i in (1, 2):
+        task(lab, f"h{i}", f"u{i}", "u", *py("udpecho", "53", f"u{i}"))
+    lab.run("h1", "client", ["sleep", "600"], {"network": "app", "name": "client",
+                                                "aliases": []})
+    converged(lab, 3)
+    time.sleep(0.5)
+    flow = py_in(lab.spec.container_ns("client"), "udpsticky", svc["vip"], "53", "60", "0.1",
+                 background=True)
+    first = flow.stdout.readline().split()[1]  # the task this one flow is pinned to
+    assert first in ("u1", "u2"), first
+    other = "u2" if first == "u1" else "u1"
+    removed = time.time()
+    api(lab, "h1" if first == "u1" else "h2").delete(
+        f"/v1/endpoints?netns={lab.spec.container_ns(first)}")
+    rest, _ = flow.communicate(timeout=60)
+    later = [line.split()[1] for line in rest.splitlines() if float(line.split()[0]) >
+             removed + 1.0]
+    assert later and set(later) == {other}, rest

@@ -131,6 +131,22 @@ def udphits(host: str, port: int, n: int) -> dict[str, object]:
     return {"counts": dict(counts), "errors": errors}
 
 
+def udpsticky(host: str, port: int, n: int, gap: float) -> None:
+    """N datagrams from ONE source port (one conntrack entry), gap seconds apart; prints
+    one line "TIME ANSWER" per datagram as it goes."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.5)
+    for i in range(n):
+        t = time.time()
+        try:
+            s.sendto(b"q%d" % i, (host, port))
+            who = s.recv(512).decode().split()[0]
+        except OSError:
+            who = "error"
+        print(f"{t:.3f} {who}", flush=True)
+        time.sleep(gap)
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd == "sink":
@@ -150,6 +166,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(hits(argv[1], int(argv[2]), interval)))
     elif cmd == "udphits":
         print(json.dumps(udphits(argv[1], int(argv[2]), int(argv[3]))))
+    elif cmd == "udpsticky":
+        udpsticky(argv[1], int(argv[2]), int(argv[3]), float(argv[4]))
     elif cmd == "udpecho":
         udpecho(int(argv[1]), argv[2] if len(argv) > 2 else "")
     else:
