@@ -20,6 +20,7 @@ from meshnet.reconcile import RunInKernel
 from meshnet.store import Store
 
 log = logging.getLogger("meshnet.dns")
+NAT_CHECKS_PER_SYNC = 4
 
 
 class DnsProgrammer:
@@ -34,6 +35,7 @@ class DnsProgrammer:
         self.handles: dict[str, ContainerDns] = {}
         self.ports: dict[str, tuple[int, int]] = {}
         self.view_builds = 0
+        self._nat_cursor = 0
 
     def scopes(self) -> dict[str, frozenset[str]]:
         out: dict[str, set[str]] = {}
@@ -48,14 +50,20 @@ class DnsProgrammer:
         want = self.scopes()
         for ns in [ns for ns in self.handles if ns not in want]:
             await self._stop(ns)
+        present = [ns for ns in want if ns in self.handles]
         for ns, scope in want.items():
             if ns in self.handles:
                 self.handles[ns].scope = scope
-                if full:  # repair the redirect if someone flushed the container's nat table
-                    udp, tcp = self.ports[ns]
-                    await self.run(lambda ns=ns, u=udp, t=tcp: self._nat(ns, u, t))
             elif os.path.exists(netns.path_of(ns)):
                 await self._start(ns, scope)
+        if full and present:
+            # repair the redirect if someone flushed a container's nat table: a few
+            # containers per full sync, round robin (each check is two iptables runs)
+            for _ in range(min(NAT_CHECKS_PER_SYNC, len(present))):
+                ns = present[self._nat_cursor % len(present)]
+                self._nat_cursor += 1
+                udp, tcp = self.ports[ns]
+                await self.run(lambda ns=ns, u=udp, t=tcp: self._nat(ns, u, t))
 
     def _nat(self, ns: str, udp: int, tcp: int) -> None:
         if os.path.exists(netns.path_of(ns)):
