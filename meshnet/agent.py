@@ -154,11 +154,11 @@ class Agent:
                                          self.underlay_mtu, self.in_kernel, self._netns_gone,
                                          pending=self._claims)
         self.overlay_sync = SyncRunner("vxlan", self.overlay.sync, min_interval=0.02,
-                                       full_interval=10.0)
+                                       full_interval=30.0)
         self.gw = GwReconciler(self.node, self.store, self.gw_kernel,
                                self.config.gwbridge_subnet, self.gw_allocs, self.in_kernel,
                                self._netns_gone, pending=self._claims)
-        gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=10.0)
+        gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=30.0)
         upstreams = ([parse_upstream(u) for u in self.config.dns_upstreams]
                      or read_host_upstreams())
         server = DnsServer(DnsConfig(), upstreams, view=None)

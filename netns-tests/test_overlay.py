@@ -201,6 +201,6 @@ def test_full_resync_repairs_a_deleted_fdb_entry(three):
               .splitlines() if line.startswith(mac))
     ns_exec(sandbox, "bridge", "fdb", "del", mac, "dev", vx, "self", check=True)
     assert mac not in ns_exec(sandbox, "bridge", "fdb", "show").stdout
-    wait_until(lambda: mac in ns_exec(sandbox, "bridge", "fdb", "show").stdout, timeout=15,
+    wait_until(lambda: mac in ns_exec(sandbox, "bridge", "fdb", "show").stdout, timeout=40,
                what="the periodic full resync to restore the entry")
     assert ping(lab, "c1", eps["c2"]["ip"]).returncode == 0

@@ -94,8 +94,8 @@ def test_missing_fdb_entry_is_named(svc):
     sandbox = f"{lab.spec.host_ns('h1')}-ov-{vni}"
     full = lambda: api(lab, "h1").get("/v1/metrics")["reconcile"]["vxlan"]["full_runs"]  # noqa: E731
     n = full()
-    wait_until(lambda: full() > n, timeout=15, what="an overlay full resync on h1")
-    # right after a full resync: ~10 s before the next one repairs the entry
+    wait_until(lambda: full() > n, timeout=40, what="an overlay full resync on h1")
+    # right after a full resync: ~30 s before the next one repairs the entry
     r = ns_exec(sandbox, "bridge", "fdb", "del", task["mac"], "dev", f"mn-vx{vni}",
                 "dst", lab.spec.host_addr("h3"))
     assert r.returncode == 0, r.stderr
@@ -107,7 +107,7 @@ def test_missing_fdb_entry_is_named(svc):
     assert hop(rep, "load-balancing")["ok"] and hop(rep, "source")["ok"]
     # meshnet repairs it by itself at its next full resync
     wait_until(lambda: task["mac"] in ns_exec(sandbox, "bridge", "fdb", "show").stdout,
-               timeout=15, what="FDB entry repaired")
+               timeout=40, what="FDB entry repaired")
     no_trace_state(lab)
 
 
