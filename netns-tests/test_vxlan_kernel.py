@@ -30,7 +30,8 @@ def test_two_hosts_ping_over_vxlan_and_plans_converge(make_lab):
     ]
     vteps = {h: lab.spec.host_addr(h) for h in ("h1", "h2")}
     nets = {"a": net, "b": other}
-    kernels = {h: OverlayKernel(lab.spec.host_ns(h) + "-", host_ns=lab.spec.host_ns(h))
+    # a prefix of its own: the lab agents reconcile (and would remove) "<host>-ov-*"
+    kernels = {h: OverlayKernel(lab.spec.host_ns(h) + "-x-", host_ns=lab.spec.host_ns(h))
                for h in ("h1", "h2")}
     for h, k in kernels.items():
         want = desired(h, nets, eps, vteps, 1400, k.prefix)
