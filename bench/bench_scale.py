@@ -142,6 +142,8 @@ def load(endpoints: int, services: int, preset: str = "lan"
         return rss, cpu, idle_rss
     finally:
         lab.down()
+        for i in range(endpoints):  # made here, not by `lab run`: lab down does not know them
+            netns.remove(lab.spec.container_ns(f"e{i}"))
 
 
 def run() -> list[Result]:
