@@ -25,7 +25,3 @@ class TableBackend(Protocol):
     def items(self, table: str) -> Iterable[tuple[str, bytes, str]]:
         """Live entries as (key, value, owner)."""
         ...
-
-
-class Clock(Protocol):
-    def __call__(self) -> float: ...

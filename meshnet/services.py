@@ -8,7 +8,6 @@ The load-balancing data plane (``meshnet/ipvs``) and DNS read these records.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from meshnet.errors import Conflict, NotFound, UserError
@@ -75,10 +74,6 @@ def remove_service(store: Store, name: str, now: float) -> None:
         raise Conflict(f"service {name} is published on {', '.join(sorted(published))}; "
                        "unpublish it first")
     store.delete("services", name, now)
-
-
-def vip_in_subnet(svc: Service, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return svc.vip is not None and svc.vip in subnet
 
 
 PUBLISH_FIELDS = {"published", "target", "protocol", "service", "mode", "local_only"}
