@@ -240,7 +240,7 @@ class Agent:
             self.notifier.notify("STOPPING=1")
             self.notifier.stop()
             if metrics is not None:
-                await metrics.cleanup()
+                await metrics.stop()
             await self._api.stop()
             await self.stop_dataplane()
             left = await self.cluster.leave(timeout=2.0)
@@ -300,24 +300,22 @@ class Agent:
         """Prometheus text on http://ADDR:PORT/metrics (``--metrics``)."""
         if not self.config.metrics:
             return None
-        from aiohttp import web
-
+        from meshnet.api.http import HttpServer, Request, Response, Router
         from meshnet.config import parse_hostport
         from meshnet.prometheus import render
 
-        async def handler(_: web.Request) -> web.Response:
-            return web.Response(text=render(self.metrics()),
-                                content_type="text/plain", charset="utf-8",
-                                headers={"X-Content-Type-Options": "nosniff"})
+        async def handler(_: Request) -> Response:
+            return Response(body=render(self.metrics()).encode(),
+                            content_type="text/plain; version=0.0.4; charset=utf-8",
+                            headers=(("X-Content-Type-Options", "nosniff"),))
 
-        app = web.Application()
-        app.router.add_get("/metrics", handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        router = Router()
+        router.add("GET", "/metrics", handler)
+        server = HttpServer(router)
         host, port = parse_hostport(self.config.metrics, 0, "metrics address")
-        await web.TCPSite(runner, host, port).start()
+        await server.start_tcp(host, port)
         log.info("metrics on http://%s:%d/metrics", host, port)
-        return runner
+        return server
 
     def extra_routes(self) -> list[tuple[tuple[str, str], Callable[[Any], Awaitable[Any]]]]:
         async def attach(request: Any) -> Any:

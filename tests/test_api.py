@@ -57,6 +57,10 @@ def api(tmp_path):
     yield call, sock, agent
     loop.run_until_complete(server.stop())
     loop.run_until_complete(agent.stop_dataplane())
+    pending = asyncio.all_tasks(loop)
+    for t in pending:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 

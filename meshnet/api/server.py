@@ -1,4 +1,5 @@
-"""The agent side of the local API: aiohttp on a unix socket, mode 0600.
+"""The agent side of the local API: JSON over HTTP on a unix socket, mode 0600
+(served by :mod:`meshnet.api.http`).
 
 Handlers only translate HTTP to calls on :class:`meshnet.agent.Agent` and back. Every
 :class:`UserError` becomes ``{"error": message}`` with 404 (NotFound), 409 (Conflict)
@@ -7,46 +8,35 @@ or 400; the agent's state is unchanged when an error is returned.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from meshnet.api.http import MAX_BODY, HttpServer, Request, Response, Router
 from meshnet.errors import Conflict, NotFound, UserError
 
 if TYPE_CHECKING:
     from meshnet.agent import Agent
 
 log = logging.getLogger("meshnet.api")
-Handler = Callable[[web.Request], Awaitable[Any]]
-MAX_BODY = 1 << 20
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=None, sort_keys=True), status=status,
-        content_type="application/json",
-    )
-
-
-def _wrap(fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
-    async def handler(request: web.Request) -> web.Response:
+def _wrap(fn: Callable[[Request], Awaitable[Any]]) -> Handler:
+    async def handler(request: Request) -> Response:
         try:
-            return _json(await fn(request))
+            return Response.json(await fn(request))
         except NotFound as exc:
-            return _json({"error": str(exc)}, 404)
+            return Response.json({"error": str(exc)}, 404)
         except Conflict as exc:
-            return _json({"error": str(exc)}, 409)
+            return Response.json({"error": str(exc)}, 409)
         except UserError as exc:
-            return _json({"error": str(exc)}, 400)
+            return Response.json({"error": str(exc)}, 400)
 
     return handler
 
 
-async def read_body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: Request) -> dict[str, Any]:
     if request.content_length and request.content_length > MAX_BODY:
         raise UserError("request body too large")
     try:
@@ -58,70 +48,45 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return _json({"error": f"this agent has no API {request.method} {request.path}"}, 404)
-    except web.HTTPMethodNotAllowed:
-        return _json({"error": f"{request.method} is not allowed on {request.path}"}, 405)
+def build_router(agent: Agent) -> Router:
+    router = Router()
 
-
-def build_app(agent: Agent) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
-
-    async def status(_: web.Request) -> Any:
+    async def status(_: Request) -> Any:
         return agent.status()
 
-    async def members(_: web.Request) -> Any:
+    async def members(_: Request) -> Any:
         return agent.members()
 
-    async def networks(_: web.Request) -> Any:
+    async def networks(_: Request) -> Any:
         return [n.to_dict() for n in agent.list_networks()]
 
-    async def network_create(request: web.Request) -> Any:
+    async def network_create(request: Request) -> Any:
         return agent.create_network(await read_body(request)).to_dict()
 
-    async def network_rm(request: web.Request) -> Any:
+    async def network_rm(request: Request) -> Any:
         agent.remove_network(request.match_info["name"])
         return {"removed": request.match_info["name"]}
 
-    app.router.add_get("/v1/status", _wrap(status))
-    app.router.add_get("/v1/members", _wrap(members))
-    app.router.add_get("/v1/networks", _wrap(networks))
-    app.router.add_post("/v1/networks", _wrap(network_create))
-    app.router.add_delete("/v1/networks/{name}", _wrap(network_rm))
-    for route, fn in agent.extra_routes():
-        method, path = route
-        app.router.add_route(method, path, _wrap(fn))
-    return app
+    router.add("GET", "/v1/status", _wrap(status))
+    router.add("GET", "/v1/members", _wrap(members))
+    router.add("GET", "/v1/networks", _wrap(networks))
+    router.add("POST", "/v1/networks", _wrap(network_create))
+    router.add("DELETE", "/v1/networks/{name}", _wrap(network_rm))
+    for (method, path), fn in agent.extra_routes():
+        router.add(method, path, _wrap(fn))
+    return router
 
 
 class ApiServer:
-    """Serves the app on a unix socket that only root (the socket's owner) may open."""
+    """Serves the API on a unix socket that only root (the socket's owner) may open."""
 
     def __init__(self, agent: Agent, path: str) -> None:
         self.path = path
-        self._runner = web.AppRunner(build_app(agent), access_log=None, handle_signals=False)
+        self._http = HttpServer(build_router(agent))
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
-        if os.path.exists(self.path):
-            os.unlink(self.path)  # a stale socket from a crashed agent
-        await self._runner.setup()
-        old = os.umask(0o177)
-        try:
-            site = web.UnixSite(self._runner, self.path)
-            await site.start()
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        await self._http.start_unix(self.path)
         log.info("api listening on %s", self.path)
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        await self._http.stop()

@@ -41,17 +41,18 @@ class GwKernel:
 
     def observe(self) -> GwState:
         out = GwState()
-        with netns.ipr(self.host_ns) as ip:
-            br = ip.link_lookup(ifname=BRIDGE)
+        with netns.dumper(self.host_ns) as d:  # the fast reader: runs every full resync
+            links = d.links()
+            br = [link.index for link in links if link.name == BRIDGE]
             if br:
-                for a in ip.get_addr(index=br[0]):
-                    out.bridge = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                    break
+                for a in d.addrs():
+                    if a.index == br[0]:
+                        out.bridge = f"{a.address}/{a.prefixlen}"
+                        break
                 out.bridge = out.bridge or "?"
-                for link in ip.get_links():
-                    name = link.get_attr("IFLA_IFNAME")
-                    if name.startswith("mn-gw") and link.get_attr("IFLA_MASTER") == br[0]:
-                        out.ports[name] = GwPort("", name, "", "", "")
+                for link in links:
+                    if link.name.startswith("mn-gw") and link.master == br[0]:
+                        out.ports[link.name] = GwPort("", link.name, "", "", "")
         out.rules = self.observe_rules()
         return out
 

@@ -73,38 +73,33 @@ class OverlayKernel:
         return out
 
     def _observe_sandbox(self, ns: str, out: Overlay) -> None:
-        with netns.ipr(ns) as ip:
+        # read with the fast dumper: this runs for every sandbox on every full resync
+        with netns.dumper(ns) as d:
             vni, mtu, local, bridge_addr, vx_index = 0, 0, "", "", None
-            for link in ip.get_links():
-                name, kind = _ifname(link), _kind(link)
-                if kind == "vxlan":
-                    data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-                    vni = data.get_attr("IFLA_VXLAN_ID") or 0
-                    local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr(
-                        "IFLA_VXLAN_LOCAL6") or ""
-                    mtu = link.get_attr("IFLA_MTU")
-                    vx_index = link["index"]
-                    if link.get_attr("IFLA_MASTER") is None or not link["flags"] & 1:
+            for link in d.links():
+                if link.kind == "vxlan":
+                    vni, local, mtu, vx_index = link.vxlan_id, link.vxlan_local, link.mtu, \
+                        link.index
+                    if link.master is None or not link.up:
                         vni = 0  # not wired up: make the plan repair it
-                elif kind == "bridge" and name == BRIDGE:
-                    for a in ip.get_addr(index=link["index"]):
-                        if a["prefixlen"] in (32, 128):
+                elif link.kind == "bridge" and link.name == BRIDGE:
+                    for a in d.addrs():
+                        if a.index != link.index or a.prefixlen in (32, 128):
                             continue  # VIPs and the LB address: the load balancer's
-                        bridge_addr = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                        bridge_addr = f"{a.address}/{a.prefixlen}"
                         break
-                elif kind == "veth" and name.startswith("ve"):
-                    out.ports[(ns, name)] = Port(ns, name, "", "", "", "", 0)
+                elif link.kind == "veth" and link.name.startswith("ve"):
+                    out.ports[(ns, link.name)] = Port(ns, link.name, "", "", "", "", 0)
             out.sandboxes[ns] = Sandbox(ns, vni, mtu, bridge_addr, local)
             if vx_index is None:
                 return
-            for e in ip.get_neighbours(family=socket.AF_BRIDGE, ifindex=vx_index):
-                dst = e.get_attr("NDA_DST")
-                if dst and e["state"] & NUD_PERMANENT:
-                    out.fdb[(ns, e.get_attr("NDA_LLADDR"))] = dst
+            for e in d.neighbours(socket.AF_BRIDGE, vx_index):
+                if e.dst and e.state & NUD_PERMANENT:
+                    out.fdb[(ns, e.lladdr)] = e.dst
             for family in (socket.AF_INET, socket.AF_INET6):
-                for e in ip.get_neighbours(family=family, ifindex=vx_index):
-                    if e["state"] & NUD_PERMANENT:
-                        out.neigh[(ns, e.get_attr("NDA_DST"))] = e.get_attr("NDA_LLADDR")
+                for e in d.neighbours(family, vx_index):
+                    if e.state & NUD_PERMANENT:
+                        out.neigh[(ns, e.dst)] = e.lladdr
 
     # --- apply --------------------------------------------------------------------
 
