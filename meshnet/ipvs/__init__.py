@@ -2,7 +2,8 @@
 health checks.
 
 Modules: ``state`` (the desired state as frozen data), ``planner`` (tables -> LbState,
-pure), ``rules`` (LbState -> iptables chains, pure), ``iptables`` (plan/observe/apply via
+pure), ``incremental`` (the same kept current one changed row at a time: what the agent
+runs), ``rules`` (LbState -> iptables chains, pure), ``iptables`` (plan/observe/apply via
 one ``iptables-restore --noflush`` per namespace; conntrack helper), ``ipvs`` (fwmark IPVS
 services over generic netlink; ``ipvs_available()``), ``backend`` (the interface,
 ``choose_backend``), ``reconciler`` (sync loop body), ``health`` (sans-IO checker core and
@@ -67,5 +68,7 @@ Ownership: chains ``MESHNET-*`` in every namespace meshnet programs, IPVS servic
 marks in ``LbConfig.fwmark_base + [0, fwmark_count)``, the mark bit ``LbConfig.masq_mark``.
 Scale: per sandbox one chain and n+2 rules per virtual service with n healthy backends,
 plus one dispatch rule; per host one rule per published port and one chain per local-only
-port. A one-backend change rewrites one chain in one namespace.
+port. A one-backend change rewrites one chain in one namespace, and the Python work
+for it (changed row -> planner -> render -> plan) touches only that service (~1 ms at
+1,000 services; unchanged services are passed along as the same objects).
 """

@@ -5,6 +5,10 @@ Order of one sync: wait for the overlay to settle (sandboxes exist), make sure t
 has an LB address on every routing-mesh network (an endpoint without a namespace, so
 every host programs its FDB/neighbour entries), plan and apply the backend, the kernel
 objects (``netobjects``) and the port reservations, then refresh the health targets.
+
+Everything a sync reads from the tables comes from the reconciler's incremental planner
+(its rows are brought up to date first: only the changed ones on a partial sync), never
+from decoding the whole store, so a one-task change costs O(that change) end to end.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from meshnet.ipvs.netobjects import LbNetKernel
 from meshnet.ipvs.reconciler import LbReconciler
 from meshnet.ipvs.reserve import PortReservations
 from meshnet.model import Endpoint, IPAddress, TaskHealth
-from meshnet.services import mesh_networks
 from meshnet.vxlan.state import mac_for
 
 if TYPE_CHECKING:
@@ -63,7 +66,8 @@ class LoadBalancing:
         self.reservations.close()
 
     def lb_endpoints(self) -> dict[str, Endpoint]:
-        return {e.network: e for e in self.agent.local_endpoints()
+        """This host's LB addresses (as of the planner's rows: refreshed each sync)."""
+        return {e.network: e for e in self.rec.planner.local_endpoints()
                 if not e.netns and e.name == self.lb_name}
 
     def lb_ips(self) -> dict[str, IPAddress]:
@@ -73,9 +77,10 @@ class LoadBalancing:
         return {m["name"] for m in self.agent.members() if m["state"] in ("failed", "left")}
 
     async def _ensure_lb_addresses(self) -> None:
-        need = mesh_networks(self.agent.store)
+        planner = self.rec.planner
+        need = planner.mesh_networks()
         have = self.lb_endpoints()
-        networks = self.agent.store.networks()
+        networks = planner.networks
         for name in sorted(need - set(have)):
             if name in networks:
                 ep = await self.agent._claim(networks[name], None, lambda ip, n=name: Endpoint(
@@ -89,14 +94,16 @@ class LoadBalancing:
         agent = self.agent
         if agent.overlay_sync is not None:
             await agent.overlay_sync.settled(timeout=30)
+        self.rec.refresh(full)
         await self._ensure_lb_addresses()
         await self.rec.sync(full)
         state = self.rec.last_state
         self.not_ready = await agent.in_kernel(lambda: self.net.apply(state))
         self.reservations.sync(set(state.host.reserved))
         store = agent.store
-        tgts = targets(agent.node, store.networks(), store.services(),
-                       store.endpoints().values(), agent.prefix)
+        planner = self.rec.planner
+        tgts = targets(agent.node, planner.networks, planner.services,
+                       planner.local_endpoints(), agent.prefix)
         self.health.set_targets(tgts)
         live = {t.key for t in tgts}
         for key in sorted(self.health_written - live):  # tasks gone or check removed

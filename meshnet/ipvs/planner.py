@@ -55,32 +55,30 @@ def usable(ep: Endpoint, svc: Service, health: Mapping[str, TaskHealth]) -> bool
     return h is not None and h.healthy
 
 
-def desired(node: str, networks: Mapping[str, Network], services: Mapping[str, Service],
-            endpoints: Iterable[Endpoint], health: Mapping[str, TaskHealth],
-            published: Iterable[PublishedPort], prefix: str,
-            lb_ips: Mapping[str, IPAddress] | None = None,
-            down_hosts: Collection[str] = ()) -> LbState:
-    """The load-balancing state ``node`` should have, from the full tables.
+def service_vss(svc: Service, tasks: Iterable[Endpoint], node: str
+                ) -> tuple[VirtualService, ...]:
+    """The virtual services of one service (one per port), given its usable tasks."""
+    if svc.mode != "vip" or svc.vip is None:
+        return ()
+    tasks = list(tasks)
+    out = []
+    for sp in svc.ports:
+        backends = tuple(sorted(
+            (Backend(e.ip, sp.port, e.host == node,
+                     port_name(e.key) if e.host == node else "")
+             for e in tasks), key=_order))
+        out.append(VirtualService(svc.network, svc.name, svc.vip, sp.port, sp.protocol,
+                                  backends, svc.affinity == "client-ip"))
+    return tuple(out)
 
-    ``health`` is keyed like the health table (``network/ip``); ``lb_ips`` maps a network
-    name to this host's own LB address on it (see the package docstring); ``down_hosts``
-    are hosts gossip considers failed (their tasks are dropped at once).
-    """
-    lb_ips = lb_ips or {}
+
+def published_rules(node: str, networks: Mapping[str, Network],
+                    services: Mapping[str, Service], published: Iterable[PublishedPort],
+                    tasks: Mapping[str, list[Endpoint]], any_local_task: Collection[str],
+                    lb_ips: Mapping[str, IPAddress]
+                    ) -> tuple[list[PublishedRule], set[str], list[str]]:
+    """(rules, networks needing a mesh sandbox, warnings) for the published ports."""
     warnings: list[str] = []
-    eps = [e for e in endpoints if e.network in networks and e.host not in down_hosts]
-    local_nets = {e.network for e in eps if e.host == node}
-
-    # tasks per service, usable ones only
-    tasks: dict[str, list[Endpoint]] = {}
-    for e in eps:
-        svc = services.get(e.service) if e.service else None
-        if svc is None or svc.network != e.network or not usable(e, svc, health):
-            continue
-        tasks.setdefault(svc.name, []).append(e)
-    any_local_task = {e.service for e in eps if e.host == node and e.service}
-
-    # published ports
     rules: list[PublishedRule] = []
     mesh_nets: set[str] = set()
     for p in sorted(published, key=lambda p: (p.published, p.protocol)):
@@ -114,6 +112,36 @@ def desired(node: str, networks: Mapping[str, Network], services: Mapping[str, S
                             "host; only local tasks can answer")
         rules.append(PublishedRule(kind="mesh", vip=svc.vip, **base))  # type: ignore[arg-type]
         mesh_nets.add(net.name)
+    return rules, mesh_nets, warnings
+
+
+def desired(node: str, networks: Mapping[str, Network], services: Mapping[str, Service],
+            endpoints: Iterable[Endpoint], health: Mapping[str, TaskHealth],
+            published: Iterable[PublishedPort], prefix: str,
+            lb_ips: Mapping[str, IPAddress] | None = None,
+            down_hosts: Collection[str] = ()) -> LbState:
+    """The load-balancing state ``node`` should have, from the full tables.
+
+    ``health`` is keyed like the health table (``network/ip``); ``lb_ips`` maps a network
+    name to this host's own LB address on it (see the package docstring); ``down_hosts``
+    are hosts gossip considers failed (their tasks are dropped at once). The agent keeps
+    the same result current one change at a time with
+    :class:`meshnet.ipvs.incremental.IncrementalPlanner`; this is its reference.
+    """
+    lb_ips = lb_ips or {}
+    eps = [e for e in endpoints if e.network in networks and e.host not in down_hosts]
+    local_nets = {e.network for e in eps if e.host == node}
+
+    # tasks per service, usable ones only
+    tasks: dict[str, list[Endpoint]] = {}
+    for e in eps:
+        svc = services.get(e.service) if e.service else None
+        if svc is None or svc.network != e.network or not usable(e, svc, health):
+            continue
+        tasks.setdefault(svc.name, []).append(e)
+    any_local_task = {e.service for e in eps if e.host == node and e.service}
+    rules, mesh_nets, warnings = published_rules(node, networks, services, published, tasks,
+                                                 any_local_task, lb_ips)
 
     # sandboxes
     sandboxes: list[SandboxLb] = []
@@ -121,15 +149,8 @@ def desired(node: str, networks: Mapping[str, Network], services: Mapping[str, S
         net = networks[name]
         vss: list[VirtualService] = []
         for svc in sorted(services.values(), key=lambda s: s.name):
-            if svc.network != name or svc.mode != "vip" or svc.vip is None:
-                continue
-            for sp in svc.ports:
-                backends = tuple(sorted(
-                    (Backend(e.ip, sp.port, e.host == node,
-                             port_name(e.key) if e.host == node else "")
-                     for e in tasks.get(svc.name, [])), key=_order))
-                vss.append(VirtualService(name, svc.name, svc.vip, sp.port, sp.protocol,
-                                          backends, svc.affinity == "client-ip"))
+            if svc.network == name:
+                vss.extend(service_vss(svc, tasks.get(svc.name, []), node))
         sandboxes.append(SandboxLb(
             network=name, vni=net.vni, ns=sandbox_ns(prefix, net.vni), gateway=net.gateway,
             lb_ip=lb_ips.get(name), services=tuple(vss), ingress=name in mesh_nets))

@@ -143,50 +143,109 @@ def svc_chain_name(scope: str, key: str) -> str:
     return f"{CHAIN_PREFIX}SVC-{short_hash(scope, key)}"
 
 
-def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: dict | None = None) -> Ruleset:
-    """``memo`` (optional, owned by the caller) caches each service's chains by value, so
-    re-rendering 1,000 unchanged services costs a dict lookup each."""
+class SandboxMemo:
+    """What rendering one sandbox last produced, owned by the caller between renders.
+
+    Per virtual service: its chain, dispatch line and local task addresses, found by the
+    object's identity first (the incremental planner hands unchanged services over as the
+    same objects: no comparison at all), else by key and value. The dispatch, hairpin and
+    whole-sandbox results are reused when their inputs are the same objects.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple] = {}  #: id(vs) -> (vs, chain, line, local ips)
+        self.sb: SandboxLb | None = None
+        self.ruleset: Ruleset | None = None
+        self.dispatch: list[str] = []
+        self.dispatch_chain: Chain | None = None
+        self.pins: list[tuple] = []  #: local task addresses (per service) of the hairpin chain
+        self.pins_chain: Chain | None = None
+        self.tail: tuple = ()  #: (lb_ip, chains that depend only on it)
+
+
+def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: SandboxMemo | None = None) -> Ruleset:
+    """``memo`` (optional, owned by the caller, one per sandbox namespace and config)
+    caches each service's chain, so re-rendering 1,000 unchanged services costs a dict
+    lookup each, and an unchanged sandbox (the same object) costs nothing."""
+    if memo is not None and memo.sb is sb and memo.ruleset is not None:
+        return memo.ruleset
+    old = memo.by_id if memo is not None else {}
+    by_id: dict[int, tuple] = {}
+    by_key: dict[str, tuple] | None = None
     chains: dict[tuple[str, str], Chain] = {}
     dispatch: list[str] = []
-    hairpin: set = set()
+    locals_: list[tuple] = []  #: local task addresses, per service
+    head = [f"-i {INGRESS_SANDBOX_IFNAME} -j {MARK_MASQ}"] if sb.ingress else []
     for vs in sb.services:
         if not vs.backends or vs.vip.version != 4:
             continue  # no backend: the VIP is local, so the sandbox refuses (RST/ICMP)
-        mkey = (sb.ns, sb.ingress, vs.key)
-        hit = memo.get(mkey) if memo is not None else None
-        if hit is not None and hit[0] == vs:
-            made, line = hit[1], hit[2]
-        else:
-            svc = svc_chain_name(sb.ns, vs.key)
-            head = [f"-i {INGRESS_SANDBOX_IFNAME} -j {MARK_MASQ}"] if sb.ingress else []
-            made = _choice("nat", svc, head, sb.ns, vs.key, vs.protocol, vs.backends,
-                           vs.affinity, cfg.affinity_seconds)
-            line = f"-d {_net(vs.vip)} {_dport(vs.protocol, vs.port)} -j {svc}"
-            if memo is not None:
-                memo[mkey] = (vs, made, line)
-        chains[made.key] = made
-        dispatch.append(line)
-        hairpin.update(b.ip for b in vs.backends if b.local)
+        hit = old.get(id(vs))
+        if hit is None or hit[0] is not vs:
+            if by_key is None:  # not the same objects as last time: match by value
+                by_key = {h[0].key: h for h in old.values()}
+            hit = by_key.get(vs.key)
+            if hit is None or hit[0] != vs:
+                svc = svc_chain_name(sb.ns, vs.key)
+                made = _choice("nat", svc, head, sb.ns, vs.key, vs.protocol, vs.backends,
+                               vs.affinity, cfg.affinity_seconds)
+                line = f"-d {_net(vs.vip)} {_dport(vs.protocol, vs.port)} -j {svc}"
+                hit = (vs, made, line, tuple(b.ip for b in vs.backends if b.local))
+            else:
+                hit = (vs, *hit[1:])
+        by_id[id(vs)] = hit
+        chains[hit[1].key] = hit[1]
+        dispatch.append(hit[2])
+        locals_.append(hit[3])
+    if memo is not None:
+        memo.by_id = by_id
     if not dispatch:
-        return Ruleset()
+        out = Ruleset()
+    else:
+        out = _sandbox_common(sb, cfg, chains, dispatch, locals_, memo)
+    if memo is not None:
+        memo.sb, memo.ruleset = sb, out
+    return out
+
+
+def _sandbox_common(sb: SandboxLb, cfg: LbConfig, chains: dict[tuple[str, str], Chain],
+                    dispatch: list[str], locals_: list[tuple],
+                    memo: SandboxMemo | None) -> Ruleset:
     mark = f"0x{cfg.masq_mark:x}"
-    snat = f"-j SNAT --to-source {sb.lb_ip}" if sb.lb_ip is not None else "-j MASQUERADE"
+    if memo is not None and memo.dispatch_chain is not None and memo.dispatch == dispatch:
+        services = memo.dispatch_chain
+    else:
+        services = _digested("nat", SERVICES, dispatch)
     # a local task that picked itself gets its packet back with its own address as the
     # source and would drop it: masquerade it to the bridge address (kube-proxy's hairpin
     # masquerade; after DNAT, source == destination). One rule per local task, in a chain
     # of its own that changes only when this host's tasks change.
-    pins = [f"-s {_net(ip)} -d {_net(ip)} -j MASQUERADE"
-            for ip in sorted(hairpin, key=lambda a: (a.version, int(a)))]
-    for c in (_digested("nat", SERVICES, dispatch),
-              _digested("nat", MARK_MASQ, [f"-j MARK --set-xmark {mark}/{mark}"]),
-              _digested("nat", HAIRPIN, pins),
-              _digested("nat", POSTROUTING, [f"-j {HAIRPIN}",
-                                             f"-m mark ! --mark {mark}/{mark} -j RETURN",
-                                             f"-j MARK --set-xmark {mark}/0x0", snat])):
+    # (compared per service first: unchanged services hand over the same tuples)
+    if memo is not None and memo.pins_chain is not None and memo.pins == locals_:
+        pin_chain = memo.pins_chain
+    else:
+        hairpin = {ip for ips in locals_ for ip in ips}
+        pin_chain = _digested("nat", HAIRPIN, [
+            f"-s {_net(ip)} -d {_net(ip)} -j MASQUERADE"
+            for ip in sorted(hairpin, key=lambda a: (a.version, int(a)))])
+    if memo is not None and memo.tail and memo.tail[0] == sb.lb_ip:
+        tail = memo.tail[1]
+    else:
+        snat = f"-j SNAT --to-source {sb.lb_ip}" if sb.lb_ip is not None else "-j MASQUERADE"
+        tail = (_digested("nat", MARK_MASQ, [f"-j MARK --set-xmark {mark}/{mark}"]),
+                _digested("nat", POSTROUTING, [f"-j {HAIRPIN}",
+                                               f"-m mark ! --mark {mark}/{mark} -j RETURN",
+                                               f"-j MARK --set-xmark {mark}/0x0", snat]))
+    if memo is not None:
+        memo.dispatch, memo.dispatch_chain = dispatch, services
+        memo.pins, memo.pins_chain = locals_, pin_chain
+        memo.tail = (sb.lb_ip, tail)
+    for c in (services, tail[0], pin_chain, tail[1]):
         chains[c.key] = c
-    jumps = frozenset({Jump("nat", "PREROUTING", f"{JUMP_COMMENT} -j {SERVICES}"),
-                       Jump("nat", "POSTROUTING", f"{JUMP_COMMENT} -j {POSTROUTING}")})
-    return Ruleset(chains, jumps)
+    return Ruleset(chains, _SANDBOX_JUMPS)
+
+
+_SANDBOX_JUMPS = frozenset({Jump("nat", "PREROUTING", f"{JUMP_COMMENT} -j {SERVICES}"),
+                            Jump("nat", "POSTROUTING", f"{JUMP_COMMENT} -j {POSTROUTING}")})
 
 
 def render_host(published: Iterable[PublishedRule], cfg: LbConfig) -> Ruleset:
@@ -223,11 +282,23 @@ def render_host(published: Iterable[PublishedRule], cfg: LbConfig) -> Ruleset:
 
 
 def render(state: LbState, cfg: LbConfig | None = None,
-           memo: dict | None = None) -> dict[str, Ruleset]:
+           memo: dict[tuple[str, bool], SandboxMemo] | None = None) -> dict[str, Ruleset]:
     """{namespace: Ruleset}; the host namespace is ``HOST``. Empty rulesets are kept, so
-    a namespace whose last service went away gets its chains removed."""
+    a namespace whose last service went away gets its chains removed. ``memo`` (owned by
+    the caller, for one ``cfg``): a :class:`SandboxMemo` per (namespace, ingress); entries
+    of sandboxes no longer in ``state`` are dropped."""
     cfg = cfg or LbConfig()
-    out = {sb.ns: render_sandbox(sb, cfg, memo) for sb in state.sandboxes}
+    if memo is None:
+        out = {sb.ns: render_sandbox(sb, cfg) for sb in state.sandboxes}
+    else:
+        used = {}
+        for sb in state.sandboxes:
+            key = (sb.ns, sb.ingress)
+            used[key] = memo.get(key) or SandboxMemo()
+        memo.clear()
+        memo.update(used)
+        out = {sb.ns: render_sandbox(sb, cfg, used[(sb.ns, sb.ingress)])
+               for sb in state.sandboxes}
     out[HOST] = render_host(state.host.published, cfg)
     return out
 

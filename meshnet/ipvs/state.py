@@ -10,6 +10,7 @@ import base64
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from meshnet.model import IPAddress, Protocol
@@ -67,8 +68,8 @@ class VirtualService:
     backends: tuple[Backend, ...] = ()
     affinity: bool = False
 
-    @property
-    def key(self) -> str:
+    @cached_property
+    def key(self) -> str:  # cached: the renderer looks services up by it on every sync
         return f"{self.network}/{self.service}/{self.port}/{self.protocol}"
 
 
