@@ -14,6 +14,7 @@ measured with dnsperf in the same run.
   slows dnsperf itself, equally for both).
 
     python -m bench.run dns
+    MESHNET_BENCH_DNS_NO_DOCKER=1 python -m bench.bench_dns   # no Docker, docs untouched
 """
 
 from __future__ import annotations
@@ -207,7 +208,9 @@ def run() -> list[Result]:
             s = _summary(_dnsperf(ns, addr, str(qfile), DURATION))
             s["p99"] = _p99(_dnsperf(ns, addr, str(qfile), LAT_DURATION, verbose=True))
             results[who] = s
-        docker = docker_anchor(len(names), tmp)
+        # MESHNET_BENCH_DNS_NO_DOCKER=1: meshnet vs dnsmasq only (quicker, while iterating)
+        docker = None if os.environ.get("MESHNET_BENCH_DNS_NO_DOCKER") == "1" else \
+            docker_anchor(len(names), tmp)
     finally:
         for p in procs:
             p.terminate()

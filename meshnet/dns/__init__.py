@@ -10,6 +10,7 @@ wire.py         query header + first question parser, answer splicing, truncatio
 responder.py    ``Responder.handle(query, scope, transport, now) -> Answer|Forward|Drop``
 forwarder.py    ``Forwarder``: upstream health, ID rewriting, coalescing, TTL cache (LRU)
 server.py       ``DnsServer``: the asyncio adapter (container sockets, upstream sockets)
+udpio.py        container UDP hot path: memo hits answered in the reader, recvmmsg/sendmmsg
 sandbox.py      sockets inside a container namespace, the NAT redirect, resolv.conf
 ==============  ===========================================================================
 

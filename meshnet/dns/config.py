@@ -55,6 +55,9 @@ class DnsConfig:
     """Bound on negative (NXDOMAIN/NODATA) caching of forwarded answers."""
     memo_entries: int = 4096
     """Per container scope: exact-query memo size (cleared when full)."""
+    udp_batch: int = 64
+    """Container UDP: datagrams moved per ``recvmmsg``/``sendmmsg`` call (Linux). 0, or
+    where those calls are unavailable: one ``recvfrom``/``sendto`` per datagram."""
     tcp_idle_timeout: float = 10.0
     """A client TCP connection with no complete query for this long is closed."""
     tcp_max_conns: int = 64
@@ -75,6 +78,8 @@ class DnsConfig:
                   "dead_backoff_max", "tcp_idle_timeout"):
             if not getattr(self, f) > 0:
                 raise ConfigError(f"invalid dns {f} {getattr(self, f)!r}: must be > 0")
+        if not isinstance(self.udp_batch, int) or not 0 <= self.udp_batch <= 1024:
+            raise ConfigError(f"invalid dns udp_batch {self.udp_batch!r}: must be 0..1024")
         if self.dead_backoff_max < self.dead_backoff_min:
             raise ConfigError("invalid dns dead_backoff_max: smaller than dead_backoff_min")
         for f in ("max_inflight", "cache_entries", "memo_entries", "tcp_max_conns"):

@@ -8,15 +8,25 @@ Design notes
 * Three tiers, fastest first:
 
   1. *memo*: per (scope, transport), the exact query bytes after the ID -> the answer
-     bytes after the ID. A hit costs one dict lookup and one concatenation; dynamic
-     (task) answers keep their pre-encoded RRs and are shuffled on the way out.
+     bytes after the ID (``bytes``), or for a dynamic (task) answer a :data:`DynHit`
+     ``(head, variants, tail)``. A hit costs one dict lookup and one concatenation, so
+     an adapter can serve it inline (see :func:`render_hit`).
   2. *bodies*: per (scope, qname, qtype) the resolved answer (rcode + pre-encoded RRs),
      shared by all case and EDNS variants of a question.
   3. resolution against the :class:`~meshnet.dns.records.ScopedView`.
 
   Both caches belong to one view generation: :meth:`Responder.set_view` replaces them
   wholesale (a reader still holding an old dict only ever sees old answers). The memo
-  is bounded per scope (cleared when full: hot entries come back at once).
+  is bounded per scope, the bodies per responder (cleared when full: hot entries come
+  back at once).
+* Dynamic answers (``tasks.<svc>``, dnsrr services) are reordered per query. With at
+  most :data:`VARIANT_MAX_RRS` addresses the orders are pre-encoded once per view
+  generation and served in turn (``itertools.cycle``: one C call per query): every
+  permutation for up to 4 addresses, otherwise every rotation of a few random
+  permutations, so over one cycle each address comes first equally often and the
+  address after it varies. The cycle is shared by all case/EDNS variants of a question
+  (the RR bytes do not depend on them), so memory is per (scope, name, type, size), not
+  per memo entry. Larger sets are sampled at random per query (``_Dyn``, slower path).
 * Answer rules (the order matters):
 
   - reverse names of attached networks' addresses and VIPs: PTR answer; unknown
@@ -41,6 +51,7 @@ Design notes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import cycle, permutations
 from random import Random
 from typing import Literal
 
@@ -79,10 +90,47 @@ class _Body:
 
 
 _FORWARD = _Body(-1)
+BODIES_PER_MEMO = 4  #: resolved bodies kept: this many times DnsConfig.memo_entries
+
+
+#: A memoised dynamic answer: (bytes after the ID up to the answers, a shared cycle of
+#: pre-encoded answer sections, the bytes after the answers).
+DynHit = tuple  # tuple[bytes, Iterator[bytes], bytes]
+VARIANT_MAX_RRS = 32  #: dynamic answers with more addresses are sampled per query
+VARIANTS = 24  #: at least this many orders per dynamic answer (n! when smaller)
+
+
+def render_hit(qid: bytes, hit: bytes | DynHit) -> bytes | None:
+    """The answer for a memo ``hit`` (None: not renderable here, use
+    :meth:`Responder.handle`). Adapters may inline this."""
+    if hit.__class__ is bytes:
+        return qid + hit  # type: ignore[operator]
+    if hit.__class__ is tuple:
+        head, rrs, tail = hit  # type: ignore[misc]
+        return qid + head + next(rrs) + tail
+    return None
+
+
+def variants(rrs: tuple[bytes, ...], k: int, rng: Random) -> tuple[bytes, ...]:
+    """Answer sections for a dynamic answer of ``rrs`` truncated to ``k`` records, one per
+    order served in turn: all n! orders for n <= 4 (in random order), otherwise every
+    rotation of ceil(VARIANTS / n) random permutations (each address first equally
+    often over the cycle)."""
+    n = len(rrs)
+    if n <= 4:
+        perms = list(permutations(rrs))
+        rng.shuffle(perms)
+    else:
+        perms = []
+        for _ in range(-(-VARIANTS // n)):
+            p = rng.sample(rrs, n)
+            perms += [p[i:] + p[:i] for i in range(n)]
+    return tuple(b"".join(p[:k]) for p in perms)
 
 
 class _Dyn:
-    """A memoised dynamic answer: fixed head and tail, ``k`` of ``rrs`` shuffled."""
+    """A memoised dynamic answer with too many addresses for pre-encoded orders: fixed
+    head and tail, ``k`` of ``rrs`` sampled per query."""
 
     __slots__ = ("head", "rrs", "k", "tail")
 
@@ -100,8 +148,10 @@ class Responder:
         self.rng = rng or Random()
         self.view = view or RecordsView.empty()
         self.generation = 0
-        self._memos: dict[tuple[Scope, str], dict[bytes, bytes | _Dyn]] = {}
+        self._memos: dict[tuple[Scope, str], dict[bytes, bytes | DynHit | _Dyn]] = {}
         self._bodies: dict[tuple[Scope, str, int], _Body] = {}
+        #: (body key, k) -> shared cycle of pre-encoded answer sections
+        self._cycles: dict[tuple, object] = {}
         self._opt = wire.opt_rr(self.config.edns_udp_size)
         self.stats: dict[str, int] = {"queries": 0, "memo_hits": 0, "malformed": 0,
                                       "dropped": 0, "forwarded": 0, "refused_internal": 0}
@@ -114,11 +164,14 @@ class Responder:
         self.view = view
         self._memos = {}
         self._bodies = {}
+        self._cycles = {}
         self.generation += 1
 
-    def memo_for(self, scope: Scope, transport: Transport = "udp") -> dict[bytes, bytes | _Dyn]:
-        """The memo dict of one scope (for an adapter's inlined hot path; read-only use,
-        re-fetch when :attr:`generation` changes)."""
+    def memo_for(self, scope: Scope,
+                 transport: Transport = "udp") -> dict[bytes, bytes | DynHit | _Dyn]:
+        """The memo dict of one scope (for an adapter's inlined hot path, see
+        :func:`render_hit`; read-only use, re-fetch after any miss was handled or when
+        :attr:`generation` changes)."""
         key = (scope, transport)
         memo = self._memos.get(key)
         if memo is None:
@@ -136,9 +189,10 @@ class Responder:
             hit = memo.get(data[2:])
             if hit is not None:
                 self.stats["memo_hits"] += 1
-                if hit.__class__ is bytes:
-                    return Answer(data[:2] + hit)  # type: ignore[operator]
-                return Answer(hit.render(data[:2], self.rng))  # type: ignore[union-attr]
+                out = render_hit(data[:2], hit)
+                if out is None:
+                    out = hit.render(data[:2], self.rng)  # type: ignore[union-attr]
+                return Answer(out)
         return self._handle_miss(data, scope, transport)
 
     def _handle_miss(self, data: bytes, scope: Scope, transport: Transport) -> Answer | Forward | Drop:
@@ -178,6 +232,9 @@ class Responder:
         body = self._bodies.get(bkey)
         if body is None:
             body = self._resolve(sv, q)
+            if len(self._bodies) >= BODIES_PER_MEMO * self.config.memo_entries:
+                self._bodies.clear()  # e.g. a flood of distinct forwarded names
+                self._cycles.clear()
             self._bodies[bkey] = body
         if body is _FORWARD:
             if not sv.can_forward:
@@ -195,9 +252,18 @@ class Responder:
             memo.clear()
         if body.dynamic and len(body.answers) > 1:
             k = (resp[6] << 8) | resp[7]
-            dyn = _Dyn(resp[2:12] + q.qbytes, body.answers, k, opt)
-            memo[data[2:]] = dyn
-            return Answer(dyn.render(q.id, self.rng))
+            head = resp[2:12] + q.qbytes
+            if len(body.answers) > VARIANT_MAX_RRS:
+                dyn = _Dyn(head, body.answers, k, opt)
+                memo[data[2:]] = dyn
+                return Answer(dyn.render(q.id, self.rng))
+            ckey = (bkey, k)
+            orders = self._cycles.get(ckey)
+            if orders is None:
+                orders = self._cycles[ckey] = cycle(variants(body.answers, k, self.rng))
+            hit = (head, orders, opt)
+            memo[data[2:]] = hit
+            return Answer(render_hit(q.id, hit))  # type: ignore[arg-type]
         memo[data[2:]] = resp[2:]
         return Answer(resp)
 

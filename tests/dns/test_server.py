@@ -8,7 +8,9 @@ import socket
 import time
 
 import dnslib
+import pytest
 
+from meshnet.dns import udpio
 from meshnet.dns.config import DnsConfig
 from meshnet.dns.forwarder import Upstream
 from meshnet.dns.sandbox import open_sockets
@@ -81,13 +83,15 @@ async def _tcp_query(port: int, data: bytes) -> bytes:
     return out
 
 
-async def _scenario():
+async def _scenario(udp_batch: int):
     loop = asyncio.get_running_loop()
     udp_t, fake = await loop.create_datagram_endpoint(_FakeUdp, local_addr=("127.0.0.1", 0))
     up_port = udp_t.get_extra_info("sockname")[1]
     tcp_srv = await asyncio.start_server(_fake_tcp, "127.0.0.1", up_port)
     dead = Upstream("127.0.0.1", _closed_port())
-    server = DnsServer(DnsConfig.local(), [dead, Upstream("127.0.0.1", up_port)], cluster())
+    server = DnsServer(DnsConfig.local().replace(udp_batch=udp_batch),
+                       [dead, Upstream("127.0.0.1", up_port)], cluster())
+    assert (server._batch is not None) == (udp_batch > 0 and udpio.Batch.available())
     await server.start()
     socks = open_sockets(None, "127.0.0.1")
     await server.serve(socks.udp, socks.tcp, FRONT)
@@ -95,6 +99,13 @@ async def _scenario():
         # local answers over UDP and TCP
         rec = parse(await _udp_query(socks.udp_port, query("database")))
         assert rdatas(rec) == ["10.0.1.30"]
+        for qid in (5, 6):  # memo hits on the hot path: the client's ID spliced in
+            rec = parse(await _udp_query(socks.udp_port, query("database", qid=qid)))
+            assert rec.header.id == qid and rdatas(rec) == ["10.0.1.30"]
+        assert server.snapshot()["memo_hits"] == 2
+        orders = {tuple(rdatas(parse(await _udp_query(socks.udp_port, query("tasks.web")))))
+                  for _ in range(6)}
+        assert len(orders) == 6  # 3 tasks: every order once per 6 queries
         rec = parse(await _tcp_query(socks.tcp_port, query("tasks.web")))
         assert sorted(rdatas(rec)) == ["10.0.1.11", "10.0.1.12", "10.0.1.13"]
         # external name: the first upstream is dead (ICMP), the answer is still fast
@@ -130,5 +141,6 @@ async def _scenario():
         tcp_srv.close()
 
 
-def test_server_over_loopback():
-    asyncio.run(asyncio.wait_for(_scenario(), 20))
+@pytest.mark.parametrize("udp_batch", [0, 64])
+def test_server_over_loopback(udp_batch):
+    asyncio.run(asyncio.wait_for(_scenario(udp_batch), 20))
