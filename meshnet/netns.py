@@ -5,14 +5,16 @@ Small helpers shared by the lab, the overlay sandboxes and cleanup.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from pyroute2 import netns as _netns
 
@@ -172,6 +174,13 @@ def open_in(name: str | None, factory: Callable[[], T]) -> T:
     thread."""
     if name is None:
         return factory()
+    with joined(name):
+        return factory()
+
+
+@contextlib.contextmanager
+def joined(name: str) -> Iterator[None]:
+    """This thread is in namespace ``name`` inside the block, and back after it."""
     libc = _libc()
     here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
@@ -183,13 +192,28 @@ def open_in(name: str | None, factory: Callable[[], T]) -> T:
         if libc.setns(target, _CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into {name} failed")
         try:
-            return factory()
+            yield
         finally:
             if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
                 raise OSError(ctypes.get_errno(), "setns back failed")
     finally:
         os.close(target)
         os.close(here)
+
+
+def run_cmd(name: str | None, argv: Sequence[str], **kw: Any
+            ) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, **kw)`` with the child in namespace ``name`` (None: here).
+
+    The calling thread joins the namespace just for the spawn; the child inherits it.
+    No ``preexec_fn``, so Python spawns with vfork: with a preexec_fn it must fork, and a
+    fork copies the page tables of the whole agent, a cost that grows with its memory
+    (20 ms at 16 MB, 28 ms at 300 MB, 56 ms at 1.1 GB for one iptables-restore here;
+    16 ms at every size with this)."""
+    if name is None:
+        return subprocess.run(argv, **kw)  # noqa: PLW1510 - callers pass check
+    with joined(name):
+        return subprocess.run(argv, **kw)  # noqa: PLW1510
 
 
 def enter(name: str) -> None:

@@ -102,9 +102,7 @@ def nat_cleanup_text() -> str:
 
 
 def _run_in(ns: str | None, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess:
-    pre = (lambda: netns.enter(ns)) if ns else None
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False,
-                          preexec_fn=pre)  # noqa: PLW1509 - setns only, as netns.enter
+    return netns.run_cmd(ns, argv, input=stdin, capture_output=True, text=True, check=False)
 
 
 def apply_nat(ns: str | None, udp_port: int, tcp_port: int) -> None:

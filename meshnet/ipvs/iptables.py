@@ -20,8 +20,7 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -180,18 +179,16 @@ class CommandRunner:
         self.save_bin = _find(f"{binary}-save")
         self.legacy = "legacy" in os.path.basename(self.restore_bin)
 
-    def _enter(self, ns: str) -> Callable[[], None] | None:
+    def _target(self, ns: str) -> str | None:
         target = self.host_ns if ns == HOST else ns
-        if target is None:
-            return None
-        if not os.path.exists(netns.path_of(target)):
+        if target is not None and not os.path.exists(netns.path_of(target)):
             raise FileNotFoundError(f"namespace {target} does not exist")
-        return lambda: netns.enter(target)
+        return target
 
     def restore(self, ns: str, text: str) -> None:
         cmd = [self.restore_bin, "--noflush"] + (["-w"] if self.legacy else [])
-        r = subprocess.run(cmd, input=text, capture_output=True, text=True,
-                           preexec_fn=self._enter(ns), timeout=self.timeout)
+        r = netns.run_cmd(self._target(ns), cmd, input=text, capture_output=True, text=True,
+                          timeout=self.timeout)
         if r.returncode != 0:
             raise KernelError(f"iptables-restore in {ns or 'host'} failed: "
                               f"{r.stderr.strip()[:500]}")
@@ -199,8 +196,8 @@ class CommandRunner:
     def save(self, ns: str) -> str:
         out = []
         for table in ("nat", "filter"):
-            r = subprocess.run([self.save_bin, "-t", table], capture_output=True, text=True,
-                               preexec_fn=self._enter(ns), timeout=self.timeout)
+            r = netns.run_cmd(self._target(ns), [self.save_bin, "-t", table],
+                              capture_output=True, text=True, timeout=self.timeout)
             if r.returncode != 0:
                 raise KernelError(f"iptables-save in {ns or 'host'} failed: {r.stderr.strip()}")
             out.append(r.stdout)
@@ -291,9 +288,7 @@ def conntrack_delete(ns: str | None, args: list[str], binary: str = "conntrack")
     """Delete conntrack entries in ``ns`` (None: this namespace). Returns how many.
     Exit status 1 with '0 flow entries' is success (nothing matched)."""
     path = _find(binary)
-    pre = (lambda: netns.enter(ns)) if ns else None
-    r = subprocess.run([path, *args], capture_output=True, text=True, preexec_fn=pre,
-                       timeout=10)
+    r = netns.run_cmd(ns, [path, *args], capture_output=True, text=True, timeout=10)
     msg = r.stderr + r.stdout
     for word in msg.split("\n"):
         if "flow entries have been deleted" in word:
