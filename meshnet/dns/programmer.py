@@ -4,8 +4,10 @@ For every container namespace with a local endpoint: UDP+TCP sockets on 127.0.0.
 opened inside it, the NAT redirect of 127.0.0.11:53 to them (chains
 ``MESHNET-DNS-OUTPUT``/``MESHNET-DNS-POSTROUTING`` in the container's nat table), and,
 for a named namespace, ``/etc/netns/NAME/resolv.conf``. The answer scope is the set of
-networks the container is attached to. Every sync also rebuilds the records view from
-the tables (the sync runner rate-limits that), so answers follow gossip within a round.
+networks the container is attached to. A sync rebuilds the records view from the tables
+when one of the tables it is made of changed since the last build (the sync runner
+rate-limits that), so answers follow gossip within a round; the periodic full sync of
+an idle agent does not rebuild it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meshnet.store import Store
 
 log = logging.getLogger("meshnet.dns")
 NAT_CHECKS_PER_SYNC = 4
+VIEW_TABLES = frozenset({"networks", "endpoints", "services", "health"})
 
 
 class DnsProgrammer:
@@ -35,6 +38,8 @@ class DnsProgrammer:
         self.handles: dict[str, ContainerDns] = {}
         self.ports: dict[str, tuple[int, int]] = {}
         self.view_builds = 0
+        self._view_dirty = True  #: a table the records view is made of changed
+        store.listeners.append(self._table_changed)
         self._nat_cursor = 0
 
     def scopes(self) -> dict[str, frozenset[str]]:
@@ -44,9 +49,15 @@ class DnsProgrammer:
                 out.setdefault(e.netns, set()).add(e.network)
         return {ns: frozenset(nets) for ns, nets in out.items()}
 
+    def _table_changed(self, table: str, key: str) -> None:
+        if table in VIEW_TABLES:
+            self._view_dirty = True
+
     async def sync(self, full: bool) -> None:
-        self.server.set_view(records.from_store(self.store))
-        self.view_builds += 1
+        if self._view_dirty:
+            self._view_dirty = False  # first: a change during the build marks it again
+            self.server.set_view(records.from_store(self.store))
+            self.view_builds += 1
         want = self.scopes()
         for ns in [ns for ns in self.handles if ns not in want]:
             await self._stop(ns)

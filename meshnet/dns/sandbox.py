@@ -105,20 +105,35 @@ def _run_in(ns: str | None, argv: list[str], stdin: str = "") -> subprocess.Comp
     return netns.run_cmd(ns, argv, input=stdin, capture_output=True, text=True, check=False)
 
 
-def apply_nat(ns: str | None, udp_port: int, tcp_port: int) -> None:
-    """Install (or re-point) the redirect in ``ns``; idempotent. Raises OSError."""
-    saved = _run_in(ns, ["iptables-save", "-t", "nat"])
-    if saved.returncode != 0:
-        raise OSError(f"iptables-save in {ns}: {saved.stderr.strip()}")
-    have = set(saved.stdout.splitlines())
+def nat_repair_text(saved: str, udp_port: int, tcp_port: int) -> str | None:
+    """The ``--noflush`` input that makes the container's nat table right, given its
+    ``iptables-save -t nat`` text; None if it already is (nothing to run)."""
+    have = saved.splitlines()
     text = nat_rules_text(udp_port, tcp_port, with_jumps=False)
+    want_rules = [ln for ln in text.splitlines() if ln.startswith("-A ")]
+    ours = [ln for ln in have if ln.startswith((f"-A {CHAIN_OUT} ", f"-A {CHAIN_POST} "))]
     jumps = [j for j in (JUMP_OUT, JUMP_POST) if j not in have]
+    if not jumps and ours == want_rules:
+        return None
     if jumps:
         head, rest = text.split("\n", 3)[:3], text.split("\n", 3)[3]
         text = "\n".join([*head, *jumps, rest])
+    return text
+
+
+def apply_nat(ns: str | None, udp_port: int, tcp_port: int) -> bool:
+    """Install (or re-point, or repair) the redirect in ``ns``; idempotent: returns False
+    when it was already right (one iptables-save, no restore). Raises OSError."""
+    saved = _run_in(ns, ["iptables-save", "-t", "nat"])
+    if saved.returncode != 0:
+        raise OSError(f"iptables-save in {ns}: {saved.stderr.strip()}")
+    text = nat_repair_text(saved.stdout, udp_port, tcp_port)
+    if text is None:
+        return False
     res = _run_in(ns, ["iptables-restore", "--noflush"], text)
     if res.returncode != 0:
         raise OSError(f"iptables-restore in {ns}: {res.stderr.strip()}")
+    return True
 
 
 def resolv_conf_text(options: str = "ndots:0") -> str:

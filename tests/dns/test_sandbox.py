@@ -38,3 +38,27 @@ def test_host_upstreams_falls_back_to_systemd_list(tmp_path):
     real.write_text("nameserver 192.0.2.53\n")
     ups = sandbox.read_host_upstreams(paths=(str(stub), str(real)))
     assert [u.host for u in ups] == ["192.0.2.53"]
+
+
+def _saved(udp: int, tcp: int, jumps: bool = True, extra: str = "") -> str:
+    from meshnet.dns.sandbox import JUMP_OUT, JUMP_POST, nat_rules_text
+
+    body = [ln for ln in nat_rules_text(udp, tcp, with_jumps=False).splitlines()
+            if ln.startswith((":", "-A"))]
+    head = ["*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    return "\n".join([*head, *([JUMP_OUT, JUMP_POST] if jumps else []), *body,
+                      *([extra] if extra else []), "COMMIT", ""])
+
+
+def test_nat_repair_text_only_when_needed():
+    from meshnet.dns.sandbox import JUMP_OUT, JUMP_POST, nat_repair_text
+
+    assert nat_repair_text(_saved(5000, 5001), 5000, 5001) is None
+    moved = nat_repair_text(_saved(5000, 5001), 5002, 5001)
+    assert moved is not None and "127.0.0.11:5002" in moved and JUMP_OUT not in moved
+    lost = nat_repair_text(_saved(5000, 5001, jumps=False), 5000, 5001)
+    assert lost is not None and JUMP_OUT in lost and JUMP_POST in lost
+    flushed = nat_repair_text("*nat\nCOMMIT\n", 5000, 5001)
+    assert flushed is not None and "--to-destination 127.0.0.11:5000" in flushed
+    extra = "-A MESHNET-DNS-OUTPUT -d 127.0.0.11/32 -p udp -j ACCEPT"
+    assert nat_repair_text(_saved(5000, 5001, extra=extra), 5000, 5001) is not None
