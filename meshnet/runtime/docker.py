@@ -1,4 +1,4 @@
-"""A small async Docker Engine API client over the unix socket (aiohttp).
+"""A small async Docker Engine API client over the unix socket (``unixhttp``).
 
 Only what the watcher needs: ``ping`` (API version negotiation), ``containers`` (list,
 label filter), ``inspect`` and ``events`` (a streamed, newline-delimited JSON body).
@@ -14,12 +14,14 @@ label filter), ``inspect`` and ``events`` (a streamed, newline-delimited JSON bo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
-import aiohttp
+from meshnet.runtime import unixhttp
+from meshnet.runtime.unixhttp import HttpClientError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 MAX_API = (1, 45)
@@ -80,7 +82,7 @@ def negotiate(server: str | None) -> str:
 
 
 class _Stream:
-    def __init__(self, resp: aiohttp.ClientResponse, client: DockerClient) -> None:
+    def __init__(self, resp: unixhttp.Response, client: DockerClient) -> None:
         self._resp = resp
         self._client = client
 
@@ -91,8 +93,8 @@ class _Stream:
         try:
             while True:
                 try:
-                    line = await self._resp.content.readline()
-                except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    line = await self._resp.readline()
+                except (HttpClientError, OSError) as exc:
                     raise DockerUnavailable(f"event stream broke: {exc}") from None
                 if not line:
                     raise DockerUnavailable("event stream closed by dockerd")
@@ -110,50 +112,38 @@ class _Stream:
                     continue
                 yield event
         finally:
-            self._resp.release()
+            self._resp.close()
 
     async def close(self) -> None:
         self._resp.close()
 
 
 class DockerClient:
-    """The Docker Engine API on a unix socket."""
+    """The Docker Engine API on a unix socket (one connection per request)."""
 
     def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
         self.socket = socket
         self.timeout = timeout
         self.api: str | None = None
         self.bad_lines = 0
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Nothing is kept open between requests (streams are closed by their owner)."""
 
-    async def _request(self, path: str, params: Mapping[str, str] | None = None,
-                       stream: bool = False) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None if stream else self.timeout,
-                                        connect=self.timeout)
+    async def _request(self, path: str, params: Mapping[str, str] | None = None
+                       ) -> unixhttp.Response:
         try:
-            resp = await self._http().get(f"http://docker{path}", params=params,
-                                          timeout=timeout)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await unixhttp.get(self.socket, path, dict(params or {}), self.timeout)
+        except (HttpClientError, OSError, TimeoutError) as exc:
             raise DockerUnavailable(f"cannot reach dockerd at {self.socket}: {exc}") from None
         if resp.status >= 400:
             try:
-                message = (await resp.json(content_type=None)).get("message", "")
-            except (ValueError, AttributeError, aiohttp.ClientError):
+                body = await asyncio.wait_for(resp.read(1 << 20), self.timeout)
+                message = json.loads(body).get("message", "")
+            except (ValueError, AttributeError, HttpClientError, OSError, TimeoutError):
                 message = resp.reason or ""
             finally:
-                resp.release()
+                resp.close()
             raise DockerError(resp.status, str(message))
         return resp
 
@@ -161,9 +151,9 @@ class DockerClient:
         """Negotiate the API version (``GET /_ping``); returns it."""
         resp = await self._request("/_ping")
         try:
-            self.api = negotiate(resp.headers.get("Api-Version"))
+            self.api = negotiate(resp.headers.get("api-version"))
         finally:
-            resp.release()
+            resp.close()
         return self.api
 
     async def _get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
@@ -171,11 +161,11 @@ class DockerClient:
             await self.ping()
         resp = await self._request(f"/v{self.api}{path}", params)
         try:
-            return await resp.json(content_type=None)
-        except (ValueError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return json.loads(await asyncio.wait_for(resp.read(), self.timeout))
+        except (ValueError, HttpClientError, OSError, TimeoutError) as exc:
             raise DockerUnavailable(f"reading {path}: {exc}") from None
         finally:
-            resp.release()
+            resp.close()
 
     async def containers(self, labels: Sequence[str] = (), all: bool = False
                          ) -> list[dict[str, Any]]:
@@ -198,6 +188,5 @@ class DockerClient:
         await self.ping()
         resp = await self._request(f"/v{self.api}/events",
                                    {"filters": json.dumps({k: list(v) for k, v in
-                                                           filters.items()})},
-                                   stream=True)
+                                                           filters.items()})})
         return _Stream(resp, self)
