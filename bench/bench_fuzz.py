@@ -83,14 +83,22 @@ def dns_target():
 
 
 def api_target():
+    from meshnet.api.http import HttpError, parse_head
     from meshnet.errors import UserError
     from meshnet.model import Endpoint, Network, Service
 
     seeds = [json.dumps({"name": "app", "vni": 5, "subnet": "10.0.0.0/24"}).encode(),
              json.dumps({"name": "web", "network": "app", "vip": "10.0.0.5",
-                         "ports": [{"port": 80, "protocol": "tcp"}]}).encode()]
+                         "ports": [{"port": 80, "protocol": "tcp"}]}).encode(),
+             b"POST /v1/endpoints?netns=c1&network=app HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Length: 12\r\nConnection: keep-alive"]
 
     def one(data: bytes) -> None:
+        # the request head, as the API server parses it (HttpError -> a 4xx/5xx answer)
+        try:
+            parse_head(data + b"\r\n\r\n")
+        except HttpError:
+            pass
         try:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -104,7 +112,7 @@ def api_target():
 
 
 TARGETS = {"gossip packets": gossip_target, "table messages": tables_target,
-           "DNS queries": dns_target, "API bodies (JSON -> model)": api_target}
+           "DNS queries": dns_target, "API requests (HTTP head; JSON body -> model)": api_target}
 
 
 def fuzz(name: str) -> tuple[int, int, float]:
