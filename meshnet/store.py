@@ -97,6 +97,9 @@ class Store:
         self.backend = backend
         self.undecodable = 0
         self.listeners: list[Callable[[str, str], None]] = []
+        #: table -> key -> (raw, decoded): models are frozen, so an unchanged row is
+        #: decoded once, not on every read (reconcilers read whole tables on each run)
+        self._decoded: dict[str, dict[str, tuple[bytes, _Model]]] = {}
 
     def notify(self, table: str, key: str) -> None:
         """Tell every listener that (table, key) changed (locally or from a peer)."""
@@ -118,6 +121,9 @@ class Store:
         raw = self.backend.get(table, key)
         if raw is None:
             return None
+        hit = self._decoded.get(table, {}).get(key)
+        if hit is not None and (hit[0] is raw or hit[0] == raw):
+            return hit[1]
         try:
             return decode(TABLES[table], raw)
         except ModelError:
@@ -127,12 +133,23 @@ class Store:
     def all(self, table: str) -> dict[str, _Model]:
         out: dict[str, _Model] = {}
         cls = TABLES[table]
+        old = self._decoded.get(table, {})
+        cache: dict[str, tuple[bytes, _Model]] = {}
         for key, raw, _owner in self.backend.items(table):
+            hit = old.get(key)
+            if hit is not None and (hit[0] is raw or hit[0] == raw):
+                out[key] = hit[1]
+                cache[key] = hit
+                continue
             try:
-                out[key] = decode(cls, raw)
+                obj = decode(cls, raw)
             except ModelError as exc:
                 self.undecodable += 1
                 log.debug("skipping undecodable %s/%s: %s", table, key, exc)
+                continue
+            out[key] = obj
+            cache[key] = (raw, obj)
+        self._decoded[table] = cache  # only what is there now: never outgrows the table
         return out
 
     def networks(self) -> dict[str, Network]:
