@@ -311,7 +311,7 @@ class Agent:
 
         router = Router()
         router.add("GET", "/metrics", handler)
-        server = HttpServer(router)
+        server = HttpServer(router, max_body=0)  # GET only: no request body is read
         host, port = parse_hostport(self.config.metrics, 0, "metrics address")
         await server.start_tcp(host, port)
         log.info("metrics on http://%s:%d/metrics", host, port)

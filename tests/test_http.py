@@ -34,6 +34,7 @@ def test_parse_head_fields():
     (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),  # isdigit() but not int()
 ])
 def test_parse_head_rejects(head, status):
     with pytest.raises(HttpError) as err:
@@ -164,5 +165,46 @@ def test_server_on_tcp_text_page():
             await srv.stop()
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\nm 1\n")
         assert b"Content-Type: text/plain" in data
+
+    asyncio.run(main())
+
+
+def test_connection_cap_route_before_body_and_graceful_stop(tmp_path):
+    path = str(tmp_path / "api.sock")
+    r = Router()
+    started = asyncio.Event()
+
+    async def slow(req: Request) -> Response:
+        started.set()
+        await asyncio.sleep(0.3)
+        return Response.json({"done": True})
+
+    r.add("GET", "/slow", slow)
+
+    async def main():
+        srv = HttpServer(r, max_connections=2)
+        await srv.start_unix(path)
+        # a POST to an unknown path is refused without waiting for its (unsent) body
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"POST /nope HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 404")
+        writer.close()
+        # the cap: two idle connections held, a third is closed at once
+        held = [await asyncio.open_unix_connection(path) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        third_r, third_w = await asyncio.open_unix_connection(path)
+        assert await asyncio.wait_for(third_r.read(), 2) == b"" and srv.refused == 1
+        third_w.close()
+        # stop() while a handler is in flight: it finishes and answers, then closes
+        busy_r, busy_w = held[0]
+        busy_w.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await started.wait()
+        await srv.stop()
+        answer = await asyncio.wait_for(busy_r.read(), 2)
+        assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+        assert await asyncio.wait_for(held[1][0].read(), 2) == b""  # the idle one: closed
+        for _, w in held:
+            w.close()
 
     asyncio.run(main())

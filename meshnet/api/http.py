@@ -25,7 +25,9 @@ log = logging.getLogger("meshnet.api")
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1 << 20
-IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 60.0  #: also bounds a slow body or a client that does not read answers
+MAX_CONNECTIONS = 64  #: beyond this, new connections are closed at once
+STOP_GRACE = 10.0  #: stop() lets handlers in flight finish for this long
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -115,7 +117,7 @@ def parse_head(data: bytes) -> Request:
     if "transfer-encoding" in headers:
         raise HttpError(411, "chunked request bodies are not supported; send Content-Length")
     raw = headers.get("content-length")
-    if raw is not None and (not raw.isdigit() or len(raw) > 12):
+    if raw is not None and (not (raw.isascii() and raw.isdigit()) or len(raw) > 12):
         raise HttpError(400, "malformed Content-Length")
     return req
 
@@ -165,11 +167,16 @@ class Router:
 class HttpServer:
     """Serves a :class:`Router` on a unix socket (mode 0600) or a TCP address."""
 
-    def __init__(self, router: Router, max_body: int = MAX_BODY) -> None:
+    def __init__(self, router: Router, max_body: int = MAX_BODY,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.router = router
         self.max_body = max_body
+        self.max_connections = max_connections
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task] = set()
+        self._busy: set[asyncio.Task] = set()  #: connections inside a handler
+        self.refused = 0  #: connections closed because of max_connections
+        self._stopping = False
         self.path: str | None = None
 
     async def start_unix(self, path: str) -> None:
@@ -188,9 +195,16 @@ class HttpServer:
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
 
     async def stop(self) -> None:
+        """Stop accepting; close idle connections; let handlers in flight finish (an
+        attach half done would leave local state behind) for up to STOP_GRACE."""
         if self._server is not None:
+            self._stopping = True  # a busy connection closes after its answer
             self._server.close()
-            for t in list(self._conns):
+            for t in self._conns - self._busy:
+                t.cancel()
+            if self._busy:
+                await asyncio.wait(set(self._busy), timeout=STOP_GRACE)
+            for t in self._conns:
                 t.cancel()
             await asyncio.gather(*self._conns, return_exceptions=True)
             await self._server.wait_closed()
@@ -203,19 +217,27 @@ class HttpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
+        if task is None or len(self._conns) >= self.max_connections:
+            self.refused += 1
+            writer.close()
+            return
+        self._conns.add(task)
         try:
-            while await self._one(reader, writer):
+            while await self._one(reader, writer, task):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            return  # stop(): a normal end for a connection (no error logged for it)
+        except Exception:  # never leave a connection task dying with a traceback
+            log.debug("API connection failed", exc_info=True)
         finally:
-            if task is not None:
-                self._conns.discard(task)
+            self._conns.discard(task)
+            self._busy.discard(task)
             writer.close()
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   task: asyncio.Task) -> bool:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
         except asyncio.IncompleteReadError as exc:
@@ -225,33 +247,36 @@ class HttpServer:
         except asyncio.LimitOverrunError:
             await self._error(writer, HttpError(431, "request head too large"))
             return False
+        self._busy.add(task)
         try:
             req = parse_head(head)
             length = req.content_length or 0
             if length > self.max_body:
                 raise HttpError(413, "request body too large")
+            # route first: no body is read for a request that will be refused
+            handler, req.match_info = self.router.resolve(req.method, req.path)
         except HttpError as exc:
             await self._error(writer, exc)
             return False
         if length:
             req.body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT)
         try:
-            handler, req.match_info = self.router.resolve(req.method, req.path)
             resp = await handler(req)
         except HttpError as exc:
             resp = Response.json({"error": str(exc)}, exc.status)
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("API %s %s failed", req.method, req.path)
             resp = Response.json({"error": f"internal error: {exc}"}, 500)
-        keep = req.keep_alive
+        keep = req.keep_alive and not self._stopping
         writer.write(resp.encode(keep))
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
+        self._busy.discard(task)
         return keep
 
     @staticmethod
     async def _error(writer: asyncio.StreamWriter, exc: HttpError) -> None:
         writer.write(Response.json({"error": str(exc)}, exc.status).encode(False))
         try:
-            await writer.drain()
-        except ConnectionError:
+            await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
+        except (ConnectionError, TimeoutError):
             pass

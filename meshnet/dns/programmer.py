@@ -56,7 +56,11 @@ class DnsProgrammer:
     async def sync(self, full: bool) -> None:
         if self._view_dirty:
             self._view_dirty = False  # first: a change during the build marks it again
-            self.server.set_view(records.from_store(self.store))
+            try:
+                self.server.set_view(records.from_store(self.store))
+            except BaseException:
+                self._view_dirty = True  # the next run (or full resync) tries again
+                raise
             self.view_builds += 1
         want = self.scopes()
         for ns in [ns for ns in self.handles if ns not in want]:

@@ -82,7 +82,12 @@ def drain_plain(sock: socket.socket, memo_for: Callable[[], Memo], on_miss: OnMi
             out = data[:2] + hit[0] + next(hit[1]) + hit[2]
             hits += 1
         else:
-            out = on_miss(data, addr)
+            try:
+                out = on_miss(data, addr)
+            except Exception:  # a bug in the slow path costs this datagram only
+                errors += 1
+                log.exception("subsystem=dns udp query failed")
+                out = None
             memo = memo_for()
             if out is None:
                 continue
@@ -209,7 +214,12 @@ class Batch:
                     out = data[:2] + hit[0] + next(hit[1]) + hit[2]
                     hits += 1
                 else:
-                    out = on_miss(data, self._addr(i))
+                    try:
+                        out = on_miss(data, self._addr(i))
+                    except Exception:  # a bug in the slow path: this datagram only
+                        errors += 1
+                        log.exception("subsystem=dns udp query failed")
+                        out = None
                     memo = memo_for()
                     if out is None:
                         r32[w + nl32] = _NAME

@@ -38,3 +38,30 @@ def test_view_rebuilt_only_after_a_relevant_change():
         assert prog.view_builds == 2
     finally:
         loop.close()
+
+
+def test_a_failed_view_build_is_tried_again(monkeypatch):
+    import pytest
+
+    from meshnet.dns import records
+
+    store = Store(LocalTables("h1"))
+    prog = DnsProgrammer("h1", store, DnsServer(DnsConfig.local()), _inline)
+    real = records.from_store
+    calls = []
+
+    def flaky(s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(s)
+
+    monkeypatch.setattr(records, "from_store", flaky)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError):
+            loop.run_until_complete(prog.sync(True))
+        loop.run_until_complete(prog.sync(True))  # the runner's retry / next full sync
+        assert prog.view_builds == 1 and len(calls) == 2
+    finally:
+        loop.close()

@@ -148,6 +148,26 @@ def test_none_from_on_miss_sends_nothing(rig):
     assert rig.nothing_pending()
 
 
+def test_a_failing_slow_path_costs_only_its_own_datagram(rig):
+    rig.send(query("db", qid=1))
+    rig.drain()  # "db" is now memoised
+    rig.replies(1)
+    real = rig.on_miss
+
+    def boom(data: bytes, addr: tuple) -> bytes | None:
+        if parse(data).header.id == 3:
+            raise RuntimeError("a bug")
+        return real(data, addr)
+
+    rig.on_miss = boom
+    rig.send(query("db", qid=2), query("www.example.com", qid=3), query("db", qid=4),
+             query("web", qid=5))
+    n, _hits, errors = rig.drain()
+    assert (n, errors) == (4, 1)
+    assert sorted(parse(d).header.id for d in rig.replies(3)) == [2, 4, 5]
+    assert rig.nothing_pending()
+
+
 def test_budget_bounds_one_drain(rig):
     rig.send(*(query("db", qid=i) for i in range(30)))
     assert rig.drain(budget=12)[0] == 12
