@@ -1,6 +1,7 @@
 """The agent's API over a real unix socket, in-process (no kernel objects involved)."""
 
 import asyncio
+import ipaddress
 import os
 import stat
 import subprocess
@@ -252,3 +253,34 @@ def test_services_vip_allocation_and_errors(api):
     call("DELETE", "/v1/services/db")
     with pytest.raises(UserError, match="no service"):
         call("DELETE", "/v1/services/db")
+
+
+def test_backend_change_leaves_lb_net_objects_alone(api):
+    """A task joining a service changes no VIP, LB address, ingress link or route: the
+    partial LB sync must not re-program them (a full sync still does)."""
+    call, _, agent = api
+    lb_runner = next(r for r in agent.runners if r.name == "lb")
+
+    def settle():
+        call.loop.run_until_complete(lb_runner.settled(timeout=5))
+
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    web = call("POST", "/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
+    call("POST", "/v1/endpoints", {"netns": "lab-c1", "network": "app", "service": "web"})
+    settle()
+    net = agent.lb.net
+    before = len(net.states)
+    assert before and net.states[-1].sandboxes[0].vips == (ipaddress.ip_address(web["vip"]),)
+    call("POST", "/v1/endpoints", {"netns": "lab-c2", "network": "app", "service": "web"})
+    settle()
+    assert len(net.states) == before  # one more backend: nothing for the net objects
+    api_svc = call("POST", "/v1/services", {"name": "api", "network": "app",
+                                            "ports": ["81/tcp"]})
+    call("POST", "/v1/endpoints", {"netns": "lab-c3", "network": "app", "service": "api"})
+    settle()
+    assert len(net.states) > before  # a new VIP: applied
+    assert ipaddress.ip_address(api_svc["vip"]) in net.states[-1].sandboxes[0].vips
+    n = len(net.states)
+    lb_runner.kick(full=True)
+    settle()
+    assert len(net.states) == n + 1  # the full sync applies regardless

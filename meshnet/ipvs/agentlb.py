@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from meshnet.ipvs.backend import choose_backend
 from meshnet.ipvs.health import targets
 from meshnet.ipvs.health_driver import HealthChecker
-from meshnet.ipvs.netobjects import LbNetKernel
+from meshnet.ipvs.netobjects import LbNetKernel, net_key
 from meshnet.ipvs.reconciler import LbReconciler
 from meshnet.ipvs.reserve import PortReservations
 from meshnet.model import Endpoint, IPAddress, TaskHealth
@@ -53,6 +53,7 @@ class LoadBalancing:
         self.health = HealthChecker(emit=self._health_changed)
         self.health_written: set[str] = set()
         self.not_ready: list[str] = []
+        self._net_done: tuple | None = None  #: net_key of the last complete net apply
 
     @property
     def lb_name(self) -> str:
@@ -98,7 +99,12 @@ class LoadBalancing:
         await self._ensure_lb_addresses()
         await self.rec.sync(full)
         state = self.rec.last_state
-        self.not_ready = await agent.in_kernel(lambda: self.net.apply(state))
+        key = net_key(state)
+        if full or key != self._net_done or self.not_ready:
+            self._net_done = None
+            self.not_ready = await agent.in_kernel(lambda: self.net.apply(state))
+            if not self.not_ready:
+                self._net_done = key
         self.reservations.sync(set(state.host.reserved))
         store = agent.store
         planner = self.rec.planner

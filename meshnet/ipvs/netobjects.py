@@ -54,6 +54,18 @@ def write_sysctls(ns: str | None, values: dict[str, str]) -> None:
     netns.run_in(ns, work)
 
 
+def net_key(state: LbState) -> tuple:
+    """Everything of ``state`` that :meth:`LbNetKernel.apply` programs (VIP and LB
+    addresses per sandbox, ingress links, host routes): equal keys, nothing to do. A
+    backend change leaves it equal, so a partial sync does not touch these objects (the
+    periodic full sync still applies, and so repairs drift)."""
+    # the VIPs in service order, not sb.vips (a sorted set): cheaper, and a mere change
+    # of order only costs one needless (idempotent) apply
+    return (tuple((sb.ns, tuple(vs.vip for vs in sb.services), sb.lb_ip)
+                  for sb in state.sandboxes),
+            state.host.ingress_links, state.host.routes)
+
+
 class LbNetKernel:
     def __init__(self, prefix: str, host_ns: str | None = None) -> None:
         self.prefix = prefix
