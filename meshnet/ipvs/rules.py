@@ -32,7 +32,7 @@ agent restart adopts unchanged chains as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshnet.ipvs.state import (
@@ -42,6 +42,7 @@ from meshnet.ipvs.state import (
     LbState,
     PublishedRule,
     SandboxLb,
+    VirtualService,
     short_hash,
 )
 
@@ -154,6 +155,8 @@ class SandboxMemo:
 
     def __init__(self) -> None:
         self.by_id: dict[int, tuple] = {}  #: id(vs) -> (vs, chain, line, local ips)
+        self.entries: list[tuple | None] = []  #: per service of ``sb``, in its order
+        self.svc_chains: dict[tuple[str, str], Chain] = {}  #: the services' chains only
         self.sb: SandboxLb | None = None
         self.ruleset: Ruleset | None = None
         self.dispatch: list[str] = []
@@ -163,45 +166,86 @@ class SandboxMemo:
         self.tail: tuple = ()  #: (lb_ip, chains that depend only on it)
 
 
+PATCH_FRACTION = 8  #: patch the last render when fewer than 1/8 of the services changed
+
+
+def _entry(vs: VirtualService, old: dict[int, tuple], by_key: Callable[[], dict],
+           sb: SandboxLb, head: list[str], cfg: LbConfig,
+           slot: tuple | None = None) -> tuple | None:
+    """(vs, chain, dispatch line, local task addresses) of one service, or None when it
+    has no rules (no backend: the VIP is local, so the sandbox refuses; or not IPv4).
+    ``slot``: the last render's entry at the same position, tried before a by-key index
+    of all of them is built."""
+    if not vs.backends or vs.vip.version != 4:
+        return None
+    hit = old.get(id(vs))
+    if hit is not None and hit[0] is vs:
+        return hit
+    if slot is not None and slot[0].key == vs.key:
+        hit = slot
+    else:
+        hit = by_key().get(vs.key)  # not the same object as last time: match by value
+    if hit is not None and hit[0] == vs:
+        return (vs, *hit[1:])
+    svc = svc_chain_name(sb.ns, vs.key)
+    made = _choice("nat", svc, head, sb.ns, vs.key, vs.protocol, vs.backends,
+                   vs.affinity, cfg.affinity_seconds)
+    line = f"-d {_net(vs.vip)} {_dport(vs.protocol, vs.port)} -j {svc}"
+    return (vs, made, line, tuple(b.ip for b in vs.backends if b.local))
+
+
 def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: SandboxMemo | None = None) -> Ruleset:
     """``memo`` (optional, owned by the caller, one per sandbox namespace and config)
     caches each service's chain, so re-rendering 1,000 unchanged services costs a dict
-    lookup each, and an unchanged sandbox (the same object) costs nothing."""
+    lookup each, and an unchanged sandbox (the same object) costs nothing. When only a
+    few services changed (found by identity against the last render's services, in
+    order), the last render is patched: the cost follows the change, not the total."""
     if memo is not None and memo.sb is sb and memo.ruleset is not None:
         return memo.ruleset
     old = memo.by_id if memo is not None else {}
-    by_id: dict[int, tuple] = {}
-    by_key: dict[str, tuple] | None = None
-    chains: dict[tuple[str, str], Chain] = {}
-    dispatch: list[str] = []
-    locals_: list[tuple] = []  #: local task addresses, per service
+    keyed: list[dict] = []
+
+    def by_key() -> dict:
+        if not keyed:
+            keyed.append({h[0].key: h for h in old.values()})
+        return keyed[0]
+
     head = [f"-i {INGRESS_SANDBOX_IFNAME} -j {MARK_MASQ}"] if sb.ingress else []
-    for vs in sb.services:
-        if not vs.backends or vs.vip.version != 4:
-            continue  # no backend: the VIP is local, so the sandbox refuses (RST/ICMP)
-        hit = old.get(id(vs))
-        if hit is None or hit[0] is not vs:
-            if by_key is None:  # not the same objects as last time: match by value
-                by_key = {h[0].key: h for h in old.values()}
-            hit = by_key.get(vs.key)
-            if hit is None or hit[0] != vs:
-                svc = svc_chain_name(sb.ns, vs.key)
-                made = _choice("nat", svc, head, sb.ns, vs.key, vs.protocol, vs.backends,
-                               vs.affinity, cfg.affinity_seconds)
-                line = f"-d {_net(vs.vip)} {_dport(vs.protocol, vs.port)} -j {svc}"
-                hit = (vs, made, line, tuple(b.ip for b in vs.backends if b.local))
-            else:
-                hit = (vs, *hit[1:])
-        by_id[id(vs)] = hit
-        chains[hit[1].key] = hit[1]
-        dispatch.append(hit[2])
-        locals_.append(hit[3])
+    prev = memo.sb.services if memo is not None and memo.sb is not None else None
+    changed: list[int] | None = None
+    if prev is not None and memo is not None and memo.ruleset is not None \
+            and len(prev) == len(sb.services) == len(memo.entries):
+        changed = [i for i, (a, b) in enumerate(zip(prev, sb.services, strict=True))
+                   if a is not b]
+        if len(changed) * PATCH_FRACTION >= len(prev):
+            changed = None  # many changed: render afresh
+    if changed is not None and memo is not None:
+        entries = list(memo.entries)
+        by_id = dict(memo.by_id)
+        svc_chains = dict(memo.svc_chains)
+        for i in changed:  # every removal first: a swapped pair must keep both chains
+            by_id.pop(id(prev[i]), None)  # type: ignore[index]
+            if entries[i] is not None:
+                svc_chains.pop(entries[i][1].key, None)  # type: ignore[index]
+        for i in changed:
+            e = _entry(sb.services[i], old, by_key, sb, head, cfg, memo.entries[i])
+            entries[i] = e
+            if e is not None:
+                by_id[id(e[0])] = e
+                svc_chains[e[1].key] = e[1]
+    else:
+        entries = [_entry(vs, old, by_key, sb, head, cfg) for vs in sb.services]
+        by_id = {id(e[0]): e for e in entries if e is not None}
+        svc_chains = {e[1].key: e[1] for e in entries if e is not None}
+    live = [e for e in entries if e is not None]
+    dispatch = [e[2] for e in live]
+    locals_ = [e[3] for e in live]
     if memo is not None:
-        memo.by_id = by_id
+        memo.by_id, memo.entries, memo.svc_chains = by_id, entries, svc_chains
     if not dispatch:
         out = Ruleset()
     else:
-        out = _sandbox_common(sb, cfg, chains, dispatch, locals_, memo)
+        out = _sandbox_common(sb, cfg, dict(svc_chains), dispatch, locals_, memo)
     if memo is not None:
         memo.sb, memo.ruleset = sb, out
     return out
