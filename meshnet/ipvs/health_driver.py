@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +25,7 @@ def socket_in(ns: str | None, family: int = socket.AF_INET) -> socket.socket:
     (setns): call it from a worker thread, never from the event loop."""
     from meshnet import netns
 
-    if ns is None:
-        s = socket.socket(family, socket.SOCK_STREAM)
-    else:
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            netns.enter(ns)
-            try:
-                s = socket.socket(family, socket.SOCK_STREAM)
-            finally:
-                if netns._libc().setns(here, netns._CLONE_NEWNET) != 0:  # pragma: no cover
-                    raise OSError("setns back failed")
-        finally:
-            os.close(here)
+    s = netns.open_in(ns, lambda: socket.socket(family, socket.SOCK_STREAM))
     s.setblocking(False)
     return s
 

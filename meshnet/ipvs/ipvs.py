@@ -316,25 +316,12 @@ class IpvsBackend:
 
 
 def _ipvs_socket(ns: str):
-    """An IPVS genl socket inside ``ns`` (this thread setns in and back, as netns.ipr)."""
-    import ctypes
-
+    """An IPVS genl socket inside ``ns`` (see netns.open_in)."""
     from pyroute2.ipvs import IPVS
 
     from meshnet import netns
 
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns.path_of(ns), os.O_RDONLY)
-    try:
-        if netns._libc().setns(target, netns._CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
-        try:
-            return IPVS()
-        finally:
-            netns._libc().setns(here, netns._CLONE_NEWNET)
-    finally:
-        os.close(target)
-        os.close(here)
+    return netns.open_in(ns, IPVS)
 
 
 def _dump(sock) -> dict[int, IpvsService]:  # pragma: no cover - needs ip_vs

@@ -30,31 +30,16 @@ log = logging.getLogger("meshnet.trace")
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 MAX_FRAMES = 200
-_CLONE_NEWNET = 0x40000000
 
 
 @contextmanager
 def in_netns(ns: str | None) -> Iterator[None]:
-    """Run the block with this thread in namespace ``ns`` (None: stay), then return."""
+    """This thread inside namespace ``ns`` for the block (None: where it is)."""
     if ns is None:
         yield
         return
-    libc = netns._libc()
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(netns.path_of(ns), os.O_RDONLY)
-        try:
-            if libc.setns(target, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
-                raise OSError(ctypes.get_errno(), "setns back failed")
-    finally:
-        os.close(here)
+    with netns.joined(ns):
+        yield
 
 
 @dataclass(frozen=True)
