@@ -216,6 +216,15 @@ def run_cmd(name: str | None, argv: Sequence[str], **kw: Any
         return subprocess.run(argv, **kw)  # noqa: PLW1510
 
 
+def popen(name: str | None, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **kw)`` with the child in namespace ``name`` (None: here),
+    spawned as :func:`run_cmd` spawns."""
+    if name is None:
+        return subprocess.Popen(argv, **kw)
+    with joined(name):
+        return subprocess.Popen(argv, **kw)
+
+
 def enter(name: str) -> None:
     """Move the calling thread into a named namespace (for a child's preexec_fn).
 

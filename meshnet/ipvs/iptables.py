@@ -26,6 +26,7 @@ from typing import Protocol
 
 from meshnet import netns
 from meshnet.errors import KernelError
+from meshnet.ipvs.commitack import REAPER, run_acked
 from meshnet.ipvs.rules import (
     DIGEST_TAG,
     HOST,
@@ -171,8 +172,10 @@ class CommandRunner:
     namespace games, unlike `ip netns exec`). ``host_ns`` None: the agent's own."""
 
     def __init__(self, prefix: str, binary: str = "iptables", host_ns: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, acked: bool = True) -> None:
         self.prefix = prefix
+        self.acked = acked  #: nft variant: return at the commit event (commitack)
+        self.last_end = ""  #: how the last restore was seen to end: "ack" or "exit"
         self.host_ns = host_ns
         self.timeout = timeout
         self.restore_bin = _find(f"{binary}-restore")
@@ -186,7 +189,17 @@ class CommandRunner:
         return target
 
     def restore(self, ns: str, text: str) -> None:
+        if not self.legacy and self.acked:
+            # return at the commit, not at the exit (see commitack: ~14 ms less per
+            # chain rewrite)
+            try:
+                self.last_end = run_acked(self._target(ns), [self.restore_bin, "--noflush"],
+                                          text, self.timeout)
+            except KernelError as exc:
+                raise KernelError(f"iptables-restore in {ns or 'host'} failed: {exc}") from exc
+            return
         cmd = [self.restore_bin, "--noflush"] + (["-w"] if self.legacy else [])
+        self.last_end = "exit"
         r = netns.run_cmd(self._target(ns), cmd, input=text, capture_output=True, text=True,
                           timeout=self.timeout)
         if r.returncode != 0:
@@ -272,6 +285,7 @@ class IptablesBackend:
         have = self.observe()
         ops = plan({}, have)
         self.apply(ops, have)
+        REAPER.settle()  # no iptables-restore of ours outlives a cleanup
         return [f"{op.ns or 'host'}:{t}/{c}" for op in ops for t, c in op.deleted]
 
 
