@@ -29,13 +29,14 @@ at start), so a missed notice is repaired by the next full sync.
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, insort
 from collections.abc import Collection, Iterable, Mapping
 from itertools import chain
 from typing import Any
 
 from meshnet.ipvs.planner import published_rules, service_vss, usable
-from meshnet.ipvs.state import HostLb, LbState, SandboxLb, VirtualService
+from meshnet.ipvs.state import HostLb, LbState, SandboxLb, SbDelta, VirtualService
 from meshnet.model import Endpoint, IPAddress, Network, PublishedPort, Service, TaskHealth
 from meshnet.vxlan.state import sandbox_ns
 
@@ -65,6 +66,11 @@ class IncrementalPlanner:
         self._down: frozenset[str] = frozenset()
         self._dirty: set[str] = set()  #: services to recompute
         self._dirty_nets: set[str] = set()  #: networks whose VS list to rebuild
+        #: network -> services whose VSs changed (its VS list is patched in place when
+        #: each keeps its count: a backend change; else rebuilt)
+        self._patch: dict[str, set[str]] = {}
+        #: network -> service -> (first position, count) in its VS list
+        self._pos: dict[str, dict[str, tuple[int, int]]] = {}
         self._all_dirty = True
         #: (local networks, services with a local task), from ``_local``; None: stale
         self._local_view: tuple[set[str], set[str]] | None = None
@@ -173,6 +179,7 @@ class IncrementalPlanner:
         for net in self._dirty_nets:
             self._sb_vss.pop(net, None)
         self._dirty_nets = set()
+        patches, self._patch = self._patch, {}
 
         node = self.node
         networks = self.networks
@@ -187,17 +194,32 @@ class IncrementalPlanner:
             any_local_task, lb_ips)
 
         sandboxes = []
-        for name in sorted(local_nets | mesh_nets):
+        names = local_nets | mesh_nets
+        for net in patches:
+            if net not in names:  # no sandbox now: rebuild its list when it has one
+                self._sb_vss.pop(net, None)
+        for name in sorted(names):
             net = networks[name]
             vss = self._sb_vss.get(name)
+            prev = self._sb.get(name)
+            delta, vip_seq = None, None
+            if vss is not None and name in patches:
+                base = vss
+                vss, changed = self._patched(name, vss, patches[name])
+                if changed is not None and prev is not None and prev.services is base:
+                    delta = SbDelta(weakref.ref(prev), changed)
+                    if all(base[i].vip == vss[i].vip for i in changed):
+                        vip_seq = prev.vip_seq
+            elif vss is not None and prev is not None and prev.services is vss:
+                vip_seq = prev.vip_seq
             if vss is None:
-                vss = tuple(chain.from_iterable(
-                    self._vss.get(s, ()) for s in self._net_svcs.get(name, ())))
-                self._sb_vss[name] = vss
+                vss = self._rebuild(name)
+            self._sb_vss[name] = vss
+            if vip_seq is None:
+                vip_seq = tuple(vs.vip for vs in vss)
             sb = SandboxLb(network=name, vni=net.vni, ns=sandbox_ns(self.prefix, net.vni),
                            gateway=net.gateway, lb_ip=lb_ips.get(name), services=vss,
-                           ingress=name in mesh_nets)
-            prev = self._sb.get(name)
+                           ingress=name in mesh_nets, delta=delta, vip_seq=vip_seq)
             if prev is not None and prev.services is vss and prev == sb:
                 sb = prev
             self._sb[name] = sb
@@ -227,7 +249,43 @@ class IncrementalPlanner:
         else:
             self._vss.pop(name, None)
         if old is not vss:
-            self._dirty_nets.update(vs.network for vs in chain(old, vss))
+            for net in {vs.network for vs in chain(old, vss)}:
+                self._patch.setdefault(net, set()).add(name)
+
+    def _rebuild(self, net: str) -> tuple[VirtualService, ...]:
+        """The network's VS list from scratch (services in name order), with positions."""
+        out: list[VirtualService] = []
+        pos = {}
+        for s in self._net_svcs.get(net, ()):
+            vss = self._vss.get(s, ())
+            if vss:
+                pos[s] = (len(out), len(vss))
+                out.extend(vss)
+        self._pos[net] = pos
+        return tuple(out)
+
+    def _patched(self, net: str, vss: tuple[VirtualService, ...], names: set[str]
+                 ) -> tuple[tuple[VirtualService, ...], tuple[int, ...] | None]:
+        """``vss`` with the VSs of ``names`` replaced in place, and the positions that
+        changed; rebuilt (positions None) when a service's VS count changed."""
+        pos = self._pos.get(net, {})
+        out: list[VirtualService] | None = None
+        changed: list[int] = []
+        for s in names:
+            new = self._vss.get(s, ()) if self.services.get(s) is not None and \
+                self.services[s].network == net else ()
+            at = pos.get(s)
+            if at is None and not new:
+                continue
+            if at is None or at[1] != len(new):
+                return self._rebuild(net), None
+            if out is None:
+                out = list(vss)
+            out[at[0]:at[0] + at[1]] = new
+            changed.extend(range(at[0], at[0] + at[1]))
+        if out is None:
+            return vss, ()
+        return tuple(out), tuple(sorted(changed))
 
 
 def _intern(new: tuple[VirtualService, ...], old: tuple[VirtualService, ...]

@@ -61,7 +61,8 @@ def net_key(state: LbState) -> tuple:
     periodic full sync still applies, and so repairs drift)."""
     # the VIPs in service order, not sb.vips (a sorted set): cheaper, and a mere change
     # of order only costs one needless (idempotent) apply
-    return (tuple((sb.ns, tuple(vs.vip for vs in sb.services), sb.lb_ip)
+    return (tuple((sb.ns, sb.vip_seq if sb.vip_seq is not None
+                   else tuple(vs.vip for vs in sb.services), sb.lb_ip)
                   for sb in state.sandboxes),
             state.host.ingress_links, state.host.routes)
 

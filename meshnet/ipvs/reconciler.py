@@ -45,6 +45,15 @@ def removed_udp_backends(old: LbState, new: LbState) -> list[tuple[str, str, int
         nsb = new_sb.get(osb.ns)  # a sandbox going away takes its conntrack along
         if nsb is None or nsb is osb:
             continue
+        hinted = nsb.delta.of(osb) if nsb.delta is not None else None
+        if hinted is not None:  # only these positions changed, each keeping its service
+            for i in hinted:
+                vs, now_vs = osb.services[i], nsb.services[i]
+                if vs.protocol == "udp" and vs is not now_vs:
+                    keep = {b.ip for b in now_vs.backends}
+                    out += [(osb.ns, str(vs.vip), vs.port, str(b.ip)) for b in vs.backends
+                            if b.ip not in keep]
+            continue
         same: set[int] | None = None
         now: dict[str, set] | None = None
         for vs in osb.services:

@@ -32,6 +32,7 @@ agent restart adopts unchanged chains as they are.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -95,6 +96,12 @@ class Jump:
 class Ruleset:
     chains: Mapping[tuple[str, str], Chain] = field(default_factory=dict)
     jumps: frozenset[Jump] = frozenset()
+    #: a hint, not part of the value: this ruleset's chains equal ``base()``'s (the same
+    #: objects) except those keyed in ``touched`` (changed, added or gone). See
+    #: ``iptables.plan``. The base is held weakly.
+    base: weakref.ref | None = field(default=None, compare=False, repr=False)
+    touched: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False,
+                                                repr=False)
 
 
 def _digested(table: str, name: str, body: list[str]) -> Chain:
@@ -215,37 +222,56 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: SandboxMemo | None = None
     changed: list[int] | None = None
     if prev is not None and memo is not None and memo.ruleset is not None \
             and len(prev) == len(sb.services) == len(memo.entries):
-        changed = [i for i, (a, b) in enumerate(zip(prev, sb.services, strict=True))
-                   if a is not b]
+        hinted = sb.delta.of(memo.sb) if sb.delta is not None else None
+        changed = list(hinted) if hinted is not None else [
+            i for i, (a, b) in enumerate(zip(prev, sb.services, strict=True)) if a is not b]
         if len(changed) * PATCH_FRACTION >= len(prev):
             changed = None  # many changed: render afresh
+    touched: set[tuple[str, str]] | None = None
+    same_lines = False  # the dispatch lines and local tasks are those of the last render
     if changed is not None and memo is not None:
         entries = list(memo.entries)
         by_id = dict(memo.by_id)
         svc_chains = dict(memo.svc_chains)
+        touched = set()
         for i in changed:  # every removal first: a swapped pair must keep both chains
             by_id.pop(id(prev[i]), None)  # type: ignore[index]
             if entries[i] is not None:
                 svc_chains.pop(entries[i][1].key, None)  # type: ignore[index]
+                touched.add(entries[i][1].key)  # type: ignore[index]
+        same_lines = True
         for i in changed:
-            e = _entry(sb.services[i], old, by_key, sb, head, cfg, memo.entries[i])
+            was = memo.entries[i]
+            e = _entry(sb.services[i], old, by_key, sb, head, cfg, was)
             entries[i] = e
             if e is not None:
                 by_id[id(e[0])] = e
                 svc_chains[e[1].key] = e[1]
+                touched.add(e[1].key)
+            if e is None or was is None or e[2] != was[2] or e[3] != was[3]:
+                same_lines = False
     else:
         entries = [_entry(vs, old, by_key, sb, head, cfg) for vs in sb.services]
         by_id = {id(e[0]): e for e in entries if e is not None}
         svc_chains = {e[1].key: e[1] for e in entries if e is not None}
-    live = [e for e in entries if e is not None]
-    dispatch = [e[2] for e in live]
-    locals_ = [e[3] for e in live]
+    if same_lines and memo is not None:  # reuse the lists: compared by identity below
+        dispatch, locals_ = memo.dispatch, memo.pins
+    else:
+        live = [e for e in entries if e is not None]
+        dispatch = [e[2] for e in live]
+        locals_ = [e[3] for e in live]
+    base = memo.ruleset if memo is not None else None
     if memo is not None:
         memo.by_id, memo.entries, memo.svc_chains = by_id, entries, svc_chains
     if not dispatch:
         out = Ruleset()
+        if memo is not None:  # what this render used (reused by identity next time)
+            memo.dispatch, memo.pins = dispatch, locals_
     else:
         out = _sandbox_common(sb, cfg, dict(svc_chains), dispatch, locals_, memo)
+        if touched is not None and base is not None and base.chains:
+            out = Ruleset(out.chains, out.jumps, weakref.ref(base),
+                          frozenset(touched) | _COMMON)
     if memo is not None:
         memo.sb, memo.ruleset = sb, out
     return out
@@ -255,7 +281,8 @@ def _sandbox_common(sb: SandboxLb, cfg: LbConfig, chains: dict[tuple[str, str], 
                     dispatch: list[str], locals_: list[tuple],
                     memo: SandboxMemo | None) -> Ruleset:
     mark = f"0x{cfg.masq_mark:x}"
-    if memo is not None and memo.dispatch_chain is not None and memo.dispatch == dispatch:
+    if memo is not None and memo.dispatch_chain is not None and (
+            memo.dispatch is dispatch or memo.dispatch == dispatch):
         services = memo.dispatch_chain
     else:
         services = _digested("nat", SERVICES, dispatch)
@@ -264,7 +291,8 @@ def _sandbox_common(sb: SandboxLb, cfg: LbConfig, chains: dict[tuple[str, str], 
     # masquerade; after DNAT, source == destination). One rule per local task, in a chain
     # of its own that changes only when this host's tasks change.
     # (compared per service first: unchanged services hand over the same tuples)
-    if memo is not None and memo.pins_chain is not None and memo.pins == locals_:
+    if memo is not None and memo.pins_chain is not None and (
+            memo.pins is locals_ or memo.pins == locals_):
         pin_chain = memo.pins_chain
     else:
         hairpin = {ip for ips in locals_ for ip in ips}
@@ -287,6 +315,10 @@ def _sandbox_common(sb: SandboxLb, cfg: LbConfig, chains: dict[tuple[str, str], 
         chains[c.key] = c
     return Ruleset(chains, _SANDBOX_JUMPS)
 
+
+#: the sandbox chains that are not a service's (the patch path always compares them)
+_COMMON = frozenset({("nat", SERVICES), ("nat", MARK_MASQ), ("nat", HAIRPIN),
+                     ("nat", POSTROUTING)})
 
 _SANDBOX_JUMPS = frozenset({Jump("nat", "PREROUTING", f"{JUMP_COMMENT} -j {SERVICES}"),
                             Jump("nat", "POSTROUTING", f"{JUMP_COMMENT} -j {POSTROUTING}")})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -74,6 +75,19 @@ class VirtualService:
 
 
 @dataclass(frozen=True)
+class SbDelta:
+    """See :attr:`SandboxLb.delta`. The base is held weakly: hints never keep old states
+    alive (each would keep its own base, and so on)."""
+
+    base: weakref.ref
+    changed: tuple[int, ...]
+
+    def of(self, prev: object) -> tuple[int, ...] | None:
+        """The changed positions if ``prev`` is the base, else None."""
+        return self.changed if prev is not None and self.base() is prev else None
+
+
+@dataclass(frozen=True)
 class SandboxLb:
     """Everything the load balancer puts in one network's sandbox on this host.
 
@@ -92,6 +106,13 @@ class SandboxLb:
     lb_ip: IPAddress | None = None
     services: tuple[VirtualService, ...] = ()
     ingress: bool = False
+    #: a hint, not part of the value: this sandbox equals ``delta.base()`` but for the
+    #: services at ``delta.changed`` (same count, same positions). Consumers that rendered
+    #: or compared the base look at those positions only, so one change costs the same
+    #: at 100 and at 1,000 services. None (or a base that is gone): compare everything.
+    delta: SbDelta | None = field(default=None, compare=False, repr=False)
+    #: ``tuple(vs.vip for vs in services)``, carried over when a change keeps every VIP
+    vip_seq: tuple[IPAddress, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def vips(self) -> tuple[IPAddress, ...]:

@@ -105,6 +105,24 @@ def apply_step(tables, s):
         tables[table][key] = value
 
 
+def check_hints(state, prev):
+    """The planner's hints are true: ``vip_seq`` is the VIPs in order, and a ``delta``
+    against the previous sandbox names every position whose service changed."""
+    for sb in state.sandboxes:
+        assert sb.vip_seq == tuple(vs.vip for vs in sb.services)
+        if sb.delta is None:
+            continue
+        base = prev.get(sb.network)
+        changed = sb.delta.of(base)
+        if changed is None:
+            continue
+        assert list(changed) == sorted(set(changed))
+        assert len(base.services) == len(sb.services)
+        for i, (a, b) in enumerate(zip(base.services, sb.services, strict=True)):
+            if i not in changed:
+                assert a is b
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(step(), max_size=40), st.data())
 def test_incremental_planner_equals_desired(steps, data):
@@ -112,7 +130,8 @@ def test_incremental_planner_equals_desired(steps, data):
     p = IncrementalPlanner(NODE, PREFIX)
     p.reset(tables)
     down, lb = frozenset(), LB_IPS
-    assert p.state(lb, down) == plan_from_scratch(NODE, PREFIX, tables, lb, down)
+    last = p.state(lb, down)
+    assert last == plan_from_scratch(NODE, PREFIX, tables, lb, down)
     for s in steps:
         if s[0] == "env":
             down, lb = frozenset(s[1]), s[2]
@@ -121,7 +140,10 @@ def test_incremental_planner_equals_desired(steps, data):
             p.change(*s)
         # sometimes several changes land before one sync
         if data.draw(st.integers(0, 3)):
-            assert p.state(lb, down) == plan_from_scratch(NODE, PREFIX, tables, lb, down)
+            prev = {sb.network: sb for sb in last.sandboxes}
+            last = p.state(lb, down)
+            assert last == plan_from_scratch(NODE, PREFIX, tables, lb, down)
+            check_hints(last, prev)
     assert p.state(lb, down) == plan_from_scratch(NODE, PREFIX, tables, lb, down)
     # a full reload (the periodic full sync) gives the same again
     p.reset(tables)
