@@ -75,3 +75,14 @@ def test_events_that_never_name_the_child_fall_back(ns, monkeypatch):
     assert "-A MN-ACK -j ACCEPT" in _save(ns)
     with pytest.raises(KernelError):
         run_acked(ns, [RESTORE, "--noflush"], "*nat\n-A MN-NONE -j ACCEPT\nCOMMIT\n")
+
+
+def test_no_event_socket_runs_plainly(ns, monkeypatch):
+    def refuse(rcvbuf):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(commitack, "event_socket", refuse)
+    text = "*nat\n:MN-ACK - [0:0]\n-A MN-ACK -j ACCEPT\nCOMMIT\n"
+    assert run_acked(ns, [RESTORE, "--noflush"], text) == "exit"
+    assert "-A MN-ACK -j ACCEPT" in _save(ns)
+    with pytest.raises(FileNotFoundError):  # a missing namespace is still that
+        run_acked(ns + "-gone", [RESTORE, "--noflush"], text)

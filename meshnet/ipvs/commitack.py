@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import queue
-import select
+import selectors
 import socket
 import struct
 import subprocess
@@ -87,6 +87,26 @@ def event_socket(rcvbuf: int = 1 << 20) -> socket.socket:
     return s
 
 
+REAP_TIMEOUT = 60.0
+#: inputs up to this size use the acknowledged path: they fit the pipe, so the write
+#: never blocks, and their events fit the socket; larger ones (full syncs) run plainly
+ACK_MAX_TEXT = 32 * 1024
+
+
+def usable(status: str = "/proc/self/status") -> str | None:
+    """Why commit acknowledgement cannot be used here, or None. The kernel names the
+    committing process by its pid in the top pid namespace: inside another one, our
+    child's pid would not match (and another process's might)."""
+    try:
+        with open(status, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:") and len(line.split()) > 2:
+                    return "the agent runs in a nested pid namespace"
+    except OSError as exc:
+        return f"cannot read /proc/self/status: {exc}"
+    return None
+
+
 class Reaper:
     """Closes event sockets and waits for finished children off the caller's path, one
     at a time in a daemon thread. ``settle()`` waits until everything handed over is done
@@ -115,7 +135,12 @@ class Reaper:
                 if item is not None:
                     sock, proc = item
                     sock.close()
-                    _, err = proc.communicate()
+                    try:
+                        _, err = proc.communicate(timeout=REAP_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        _, err = proc.communicate()
+                        log.warning("iptables-restore hung after its commits: killed")
                     if proc.returncode != 0:  # pragma: no cover - acknowledged commits
                         log.warning("iptables-restore exited %s after its commits: %s",
                                     proc.returncode, (err or b"").decode(errors="replace"))
@@ -134,7 +159,13 @@ def run_acked(ns: str | None, argv: Sequence[str], text: str, timeout: float = 6
     on stdin; return when its commits are acknowledged. Returns how it ended
     (``"ack"`` or ``"exit"``: for tests and figures). A failure raises
     :class:`KernelError` with the child's stderr."""
-    sock = netns.open_in(ns, lambda: event_socket(rcvbuf))
+    try:
+        sock = netns.open_in(ns, lambda: event_socket(rcvbuf))
+    except FileNotFoundError:
+        raise  # no such namespace: the caller skips it
+    except OSError as exc:  # no event socket here (permissions, seccomp): run plainly
+        log.debug("no nf_tables event socket (%s): waiting for the exit", exc)
+        return _plain(ns, argv, text, timeout)
     try:
         proc = netns.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
@@ -156,6 +187,37 @@ def run_acked(ns: str | None, argv: Sequence[str], text: str, timeout: float = 6
     return how
 
 
+def _plain(ns: str | None, argv: Sequence[str], text: str, timeout: float) -> str:
+    try:
+        r = netns.run_cmd(ns, argv, input=text, capture_output=True, text=True,
+                          timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise KernelError(f"iptables-restore did not finish in {timeout:.0f} s") from exc
+    if r.returncode != 0:
+        raise KernelError(r.stderr.strip()[:500] or f"iptables-restore exited {r.returncode}")
+    return "exit"
+
+
+def _drain(sock: socket.socket, proc: subprocess.Popen, seen: int, need: int
+           ) -> tuple[int, bool, bool]:
+    """Read what the socket holds: (commits seen, events trusted, child had exited
+    before the read, so nothing of it can still arrive)."""
+    exited = proc.poll() is not None
+    try:
+        while seen < need:
+            seen += commits_by(sock.recv(1 << 16), proc.pid)
+    except BlockingIOError:
+        pass
+    except NetlinkParseError as exc:
+        log.debug("commit events unreadable (%s): waiting for the exit", exc)
+        return seen, False, exited
+    except OSError as exc:
+        if exc.errno != errno.ENOBUFS:
+            raise
+        return seen, False, exited  # events were dropped: ours may be among them
+    return seen, True, exited
+
+
 def _await(sock: socket.socket, proc: subprocess.Popen, text: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     stdin, proc.stdin = proc.stdin, None  # communicate() must not touch it again
@@ -170,27 +232,20 @@ def _await(sock: socket.socket, proc: subprocess.Popen, text: str, timeout: floa
         except BrokenPipeError:
             pass
     need, seen, trust = commit_count(text), 0, True
-    while trust and seen < need:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise KernelError(f"iptables-restore did not finish in {timeout:.0f} s")
-        select.select([sock], [], [], min(left, 0.05))
-        exited = proc.poll() is not None
-        try:
-            while seen < need:
-                seen += commits_by(sock.recv(1 << 16), proc.pid)
-        except BlockingIOError:
-            pass
-        except NetlinkParseError as exc:
-            log.debug("commit events unreadable (%s): waiting for the exit", exc)
-            trust = False
-        except OSError as exc:
-            if exc.errno != errno.ENOBUFS:
-                raise
-            trust = False  # events were dropped: ours may be among them
-        if exited and seen < need:
-            break  # gone before acknowledging: its status decides
-    if need and trust and seen >= need and proc.poll() is None:
+    sel = selectors.DefaultSelector()  # not select(): fds above 1023 exist in the agent
+    sel.register(sock, selectors.EVENT_READ)
+    try:
+        while trust and seen < need:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KernelError(f"iptables-restore did not finish in {timeout:.0f} s")
+            sel.select(min(left, 0.05))
+            seen, trust, exited = _drain(sock, proc, seen, need)
+            if exited and seen < need:
+                break  # gone before acknowledging: its status decides
+    finally:
+        sel.close()
+    if need and trust and seen >= need:  # every commit announced (it may have exited)
         return "ack"
     try:
         _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))

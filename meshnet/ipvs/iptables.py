@@ -26,7 +26,8 @@ from typing import Protocol
 
 from meshnet import netns
 from meshnet.errors import KernelError
-from meshnet.ipvs.commitack import REAPER, run_acked
+from meshnet.ipvs.commitack import ACK_MAX_TEXT, REAPER, run_acked
+from meshnet.ipvs.commitack import usable as ack_usable
 from meshnet.ipvs.rules import (
     DIGEST_TAG,
     HOST,
@@ -183,7 +184,8 @@ class CommandRunner:
     def __init__(self, prefix: str, binary: str = "iptables", host_ns: str | None = None,
                  timeout: float = 60.0, acked: bool = True) -> None:
         self.prefix = prefix
-        self.acked = acked  #: nft variant: return at the commit event (commitack)
+        #: nft variant: return at the commit event (commitack), where it can be trusted
+        self.acked = acked and ack_usable() is None
         self.last_end = ""  #: how the last restore was seen to end: "ack" or "exit"
         self.host_ns = host_ns
         self.timeout = timeout
@@ -198,7 +200,7 @@ class CommandRunner:
         return target
 
     def restore(self, ns: str, text: str) -> None:
-        if not self.legacy and self.acked:
+        if not self.legacy and self.acked and len(text) <= ACK_MAX_TEXT:
             # return at the commit, not at the exit (see commitack: ~14 ms less per
             # chain rewrite)
             try:

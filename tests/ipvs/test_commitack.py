@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.ipvs.commitack import NFT_MSG_NEWGEN, commit_count, commits_by
+from meshnet.ipvs.commitack import NFT_MSG_NEWGEN, commit_count, commits_by, usable
 from meshnet.nlread import NetlinkParseError
 
 NEWRULE = (10 << 8) | 6
@@ -64,3 +64,13 @@ def test_commit_count():
     assert commit_count("*nat\n:A - [0:0]\nCOMMIT\n*filter\nCOMMIT\n") == 2
     assert commit_count("*nat\n-A X -j ACCEPT\n") == 0
     assert commit_count("# COMMIT\nCOMMIT  \n") == 1
+
+
+def test_usable_only_in_the_top_pid_namespace(tmp_path):
+    top = tmp_path / "top"
+    top.write_text("Name:\tmeshnet\nNSpid:\t4242\n")
+    nested = tmp_path / "nested"
+    nested.write_text("Name:\tmeshnet\nNSpid:\t4242\t17\n")
+    assert usable(str(top)) is None
+    assert "nested pid namespace" in usable(str(nested))
+    assert "cannot read" in usable(str(tmp_path / "missing"))
