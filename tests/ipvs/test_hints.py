@@ -22,6 +22,7 @@ from meshnet.model import TaskHealth
 from meshnet.vxlan.state import sandbox_ns
 from tests.ipvs.fakeipt import FakeIptables
 from tests.ipvs.tables import LB_IPS, NETS, svc, task
+from tests.ipvs.test_incremental import udp_gone_reference
 
 NODE, PREFIX, N = "h1", "mn-", 24
 NAMES = [f"s{i:02d}" for i in range(N)]
@@ -80,7 +81,7 @@ def test_hinted_partial_syncs_equal_full_comparison(batches):
         want = p.state(LB_IPS)
         assert want == plan_from_scratch(NODE, PREFIX, rows, LB_IPS)
         assert net_key(want) == net_key(plan_from_scratch(NODE, PREFIX, rows, LB_IPS))
-        assert removed_udp_backends(prev, want) == reference_udp_gone(prev, want)
+        assert removed_udp_backends(prev, want) == udp_gone_reference(prev, want)
         ops = be.plan(want, have)
         rulesets = be._planned[0]  # noqa: SLF001 - the rulesets that plan rendered
         assert ops == plan(rulesets, have)  # hints change the work, never the result
@@ -93,14 +94,6 @@ def test_hinted_partial_syncs_equal_full_comparison(batches):
         prev = want
     HITS.append(hinted)
 
-
-
-def reference_udp_gone(old, new):
-    now = {(ns, vs.key): {b.ip for b in vs.backends} for ns, vs in new.services()}
-    kept = {sb.ns for sb in new.sandboxes}
-    return sorted((ns, str(vs.vip), vs.port, str(b.ip)) for ns, vs in old.services()
-                  if vs.protocol == "udp" and ns in kept
-                  for b in vs.backends if b.ip not in now.get((ns, vs.key), set()))
 
 
 def test_one_task_change_compares_only_touched_chains(monkeypatch):
