@@ -86,3 +86,11 @@ def test_no_event_socket_runs_plainly(ns, monkeypatch):
     assert "-A MN-ACK -j ACCEPT" in _save(ns)
     with pytest.raises(FileNotFoundError):  # a missing namespace is still that
         run_acked(ns + "-gone", [RESTORE, "--noflush"], text)
+
+
+def test_large_inputs_run_plainly(ns):
+    rules = "\n".join(f"-A MN-HUGE -d 10.3.{i // 250}.{i % 250} -j ACCEPT" for i in range(1500))
+    text = f"*nat\n:MN-HUGE - [0:0]\n{rules}\nCOMMIT\n"
+    assert len(text) > commitack.ACK_MAX_TEXT
+    assert run_acked(ns, [RESTORE, "--noflush"], text) == "exit"
+    assert _save(ns).count("-A MN-HUGE ") == 1500

@@ -113,7 +113,7 @@ class Reaper:
     (tests, shutdown)."""
 
     def __init__(self) -> None:
-        self._q: queue.Queue[tuple[socket.socket, subprocess.Popen] | None] = queue.Queue()
+        self._q: queue.Queue[tuple[socket.socket, subprocess.Popen]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -130,20 +130,18 @@ class Reaper:
 
     def _work(self) -> None:
         while True:
-            item = self._q.get()
+            sock, proc = self._q.get()
             try:
-                if item is not None:
-                    sock, proc = item
-                    sock.close()
-                    try:
-                        _, err = proc.communicate(timeout=REAP_TIMEOUT)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        _, err = proc.communicate()
-                        log.warning("iptables-restore hung after its commits: killed")
-                    if proc.returncode != 0:  # pragma: no cover - acknowledged commits
-                        log.warning("iptables-restore exited %s after its commits: %s",
-                                    proc.returncode, (err or b"").decode(errors="replace"))
+                sock.close()
+                try:
+                    _, err = proc.communicate(timeout=REAP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    _, err = proc.communicate()
+                    log.warning("iptables-restore hung after its commits: killed")
+                if proc.returncode != 0:  # pragma: no cover - acknowledged commits
+                    log.warning("iptables-restore exited %s after its commits: %s",
+                                proc.returncode, (err or b"").decode(errors="replace"))
             except Exception:  # pragma: no cover - never let the reaper die
                 log.exception("reaper")
             finally:
@@ -158,14 +156,17 @@ def run_acked(ns: str | None, argv: Sequence[str], text: str, timeout: float = 6
     """Run ``argv`` (an iptables-restore) in namespace ``ns`` (None: here) with ``text``
     on stdin; return when its commits are acknowledged. Returns how it ended
     (``"ack"`` or ``"exit"``: for tests and figures). A failure raises
-    :class:`KernelError` with the child's stderr."""
+    :class:`KernelError` with the child's stderr. Inputs over ``ACK_MAX_TEXT`` run
+    plainly."""
+    if len(text) > ACK_MAX_TEXT:
+        return run_plain(ns, argv, text, timeout)
     try:
         sock = netns.open_in(ns, lambda: event_socket(rcvbuf))
     except FileNotFoundError:
         raise  # no such namespace: the caller skips it
     except OSError as exc:  # no event socket here (permissions, seccomp): run plainly
         log.debug("no nf_tables event socket (%s): waiting for the exit", exc)
-        return _plain(ns, argv, text, timeout)
+        return run_plain(ns, argv, text, timeout)
     try:
         proc = netns.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
@@ -187,7 +188,9 @@ def run_acked(ns: str | None, argv: Sequence[str], text: str, timeout: float = 6
     return how
 
 
-def _plain(ns: str | None, argv: Sequence[str], text: str, timeout: float) -> str:
+def run_plain(ns: str | None, argv: Sequence[str], text: str, timeout: float = 60.0) -> str:
+    """Run ``argv`` with ``text`` on stdin and wait for its exit (``"exit"``); a failure
+    or a timeout raises :class:`KernelError`."""
     try:
         r = netns.run_cmd(ns, argv, input=text, capture_output=True, text=True,
                           timeout=timeout)
@@ -257,4 +260,5 @@ def _await(sock: socket.socket, proc: subprocess.Popen, text: str, timeout: floa
     return "exit"
 
 
-__all__ = ["REAPER", "Reaper", "commit_count", "commits_by", "event_socket", "run_acked"]
+__all__ = ["REAPER", "Reaper", "commit_count", "commits_by", "event_socket", "run_acked",
+           "run_plain", "usable"]

@@ -105,6 +105,15 @@ def apply_step(tables, s):
         tables[table][key] = value
 
 
+def advance(p, tables, s, down, lb):
+    """Apply one step to the rows and the planner; returns this host's (down, lb)."""
+    if s[0] == "env":
+        return frozenset(s[1]), s[2]
+    apply_step(tables, s)
+    p.change(*s)
+    return down, lb
+
+
 def check_hints(state, prev):
     """The planner's hints are true: ``vip_seq`` is the VIPs in order, and a ``delta``
     against the previous sandbox names every position whose service changed."""
@@ -133,11 +142,7 @@ def test_incremental_planner_equals_desired(steps, data):
     last = p.state(lb, down)
     assert last == plan_from_scratch(NODE, PREFIX, tables, lb, down)
     for s in steps:
-        if s[0] == "env":
-            down, lb = frozenset(s[1]), s[2]
-        else:
-            apply_step(tables, s)
-            p.change(*s)
+        down, lb = advance(p, tables, s, down, lb)
         # sometimes several changes land before one sync
         if data.draw(st.integers(0, 3)):
             prev = {sb.network: sb for sb in last.sandboxes}
@@ -165,11 +170,7 @@ def test_memoised_render_and_partial_syncs_equal_from_scratch(steps):
     down, lb = frozenset(), LB_IPS
     prev = p.state(lb, down)
     for s in steps:
-        if s[0] == "env":
-            down, lb = frozenset(s[1]), s[2]
-        else:
-            apply_step(tables, s)
-            p.change(*s)
+        down, lb = advance(p, tables, s, down, lb)
         want = p.state(lb, down)
         assert removed_udp_backends(prev, want) == udp_gone_reference(prev, want)
         prev = want
