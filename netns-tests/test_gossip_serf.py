@@ -98,7 +98,10 @@ def test_five_node_cluster_and_failure_detection(make_lab, serfs, seed):
 
     def all_alive():
         views = [s1.members(), s2.members()] + [meshnet_members(lab, h) for h in MESH]
-        return all(set(v) == ALL and all(st == "alive" for st in v.values()) for v in views)
+        if all(set(v) == ALL and all(st == "alive" for st in v.values()) for v in views):
+            return True
+        # not yet: say who sees what (wait_until reports the last one on a timeout)
+        raise AssertionError(dict(zip(["s1", "s2", *MESH], views, strict=True)))
     wait_until(all_alive, timeout=20, what="5 members alive everywhere")
     assert s1.tags()["h1"].get("role") == "meshnet"
 
