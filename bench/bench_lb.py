@@ -1,4 +1,5 @@
-"""Rule programming: meshnet's iptables backend vs a plain ``iptables-restore``.
+"""Rule programming: meshnet's iptables and nftables backends vs a plain
+``iptables-restore``.
 
 Inside namespaces it creates (``mn-lbdev-b<pid>-*``, removed at the end), for N services
 x 10 backends on one network (N = 1,000 and 100), each service with one task on each of 10
@@ -35,6 +36,12 @@ the whole table on a commit that adds a rule with a verdict or NAT, estimated as
 time of ``nft add rule ... accept`` minus ``nft add rule ... counter`` (no verdict) in
 the same table.
 
+The same full sync and one-backend change are then timed with ``--lb nftables``
+(:mod:`meshnet.ipvs.nftrules`: a backend change is a change of one small map's elements,
+sent over netlink; no rule changes, so nf_tables validates nothing), beside the same
+iptables anchors: four changes after each full sync (the first of them also frees the full
+sync's plan, ~11,000 encoded elements at 1,000 services, ~1 ms).
+
 Uses the ``iptables-restore`` on PATH (the nft variant here).
 """
 
@@ -49,6 +56,7 @@ from meshnet import netns
 from meshnet.ipvs.commitack import REAPER
 from meshnet.ipvs.iptables import CommandRunner, IptablesBackend
 from meshnet.ipvs.netobjects import net_key
+from meshnet.ipvs.nftables import NftBackend
 from meshnet.ipvs.reconciler import LbReconciler
 from meshnet.model import Endpoint, Network, PortSpec, Service
 from meshnet.store import LocalTables, Store
@@ -196,10 +204,59 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
     return out
 
 
+def measure_nft(n: int, tag: str) -> dict[str, list[float]]:
+    """The same full sync and one-backend change with ``--lb nftables``."""
+    prefix = f"mn-lbdev-n{tag}-"
+    sandbox = f"{prefix}ov-{VNI:06x}"
+    host = f"{prefix}host"
+    out: dict[str, list[float]] = {"full": [], "one": [], "one_script": []}
+    loop = asyncio.new_event_loop()
+    try:
+        netns.create(host)
+        be = NftBackend(CommandRunner(prefix, host_ns=host))
+        nets, services, eps = tables(n)
+        store = Store(LocalTables("h0"))
+        for table, rows in (("networks", nets.values()), ("services", services.values()),
+                            ("endpoints", eps)):
+            for row in rows:
+                store.put(table, row.key if table == "endpoints" else row.name, row, 0)
+        gone = next(e for e in eps if e.name == "t0-3")
+        for _ in range(REPEAT):
+            netns.create(sandbox)
+            rec = LbReconciler("h0", store, be, prefix, _inline)
+            rec.refresh(full=True)
+            t0 = time.perf_counter()
+            loop.run_until_complete(rec.sync(True))
+            out["full"].append(time.perf_counter() - t0)
+            for change in ("delete", "put", "delete", "put"):
+                _quiet()
+                t0 = time.perf_counter()
+                if change == "delete":
+                    store.delete("endpoints", gone.key, 0)
+                else:
+                    store.put("endpoints", gone.key, gone, 0)
+                loop.run_until_complete(rec.sync(False))
+                net_key(rec.last_state)
+                out["one"].append(time.perf_counter() - t0)
+                ops = rec.last_plan.tables
+                assert [op.ns for op in ops] == [sandbox] and not rec.last_plan.rules, ops
+                out["one_script"].append(float(bool(ops[0].script)))
+            store.listeners.remove(rec.note)
+            netns.remove(sandbox, kill=False)
+    finally:
+        loop.close()
+        for ns in (sandbox, host):
+            netns.remove(ns, kill=False)
+    return out
+
+
 def run() -> list[Result]:
     tag = str(os.getpid() % 100000)
     big = measure(1000, tag + "a")
     small = measure(100, tag + "b")
+    nbig = measure_nft(1000, tag + "a")
+    nsmall = measure_nft(100, tag + "b")
+    scripts = sum(nbig["one_script"]) + sum(nsmall["one_script"])
     res = [
         Result(bench="lb", metric=f"full sync, 1,000 services x {BACKENDS} backends "
                f"(median of {REPEAT})", unit="s", meshnet=median(big["full"]),
@@ -256,6 +313,24 @@ def run() -> list[Result]:
                notes=f"at 100 services: {median(small['one_restore']) * 1000:.1f} ms vs "
                      f"{median(small['one_plain']) * 1000:.1f} ms",
                samples={"meshnet": big["one_restore"], "anchor": big["one_plain"]}),
+        Result(bench="lb", metric=f"--lb nftables: full sync, 1,000 services x {BACKENDS} "
+               f"backends (median of {REPEAT})", unit="s", meshnet=median(nbig["full"]),
+               anchor_name="plain iptables-restore of the same ruleset (iptables form)",
+               anchor=median(big["full_anchor"]), goal="full sync <= 1 s",
+               notes=f"at 100 services: {median(nsmall['full']):.3f} s",
+               samples={"meshnet": nbig["full"], "anchor": big["full_anchor"]}),
+        Result(bench="lb", metric="--lb nftables: one backend changes at 1,000 services "
+               "(partial sync, table change -> planner -> netlink elements)", unit="s",
+               meshnet=median(nbig["one"]),
+               anchor_name="plain iptables-restore of the whole ruleset",
+               anchor=median(big["one_anchor"]), goal="<= 50 ms, independent of size",
+               notes=f"changes that needed an nft script (not just elements): "
+                     f"{scripts:.0f} of {len(nbig['one']) + len(nsmall['one'])}",
+               samples={"meshnet": nbig["one"], "anchor": big["one_anchor"]}),
+        Result(bench="lb", metric="--lb nftables: one backend change, 1,000 services vs 100",
+               unit="s", meshnet=median(nbig["one"]), anchor_name="same change at 100 services",
+               anchor=median(nsmall["one"]), goal="ratio ~1 (independent of total size)",
+               samples={"meshnet": nbig["one"], "anchor": nsmall["one"]}),
     ]
     return res
 

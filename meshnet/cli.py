@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--join", metavar="ADDR[:PORT]", action="append")
     a.add_argument("--api", metavar="SOCKET")
     a.add_argument("--encrypt-key", metavar="BASE64")
-    a.add_argument("--lb", choices=("auto", "ipvs", "iptables"))
+    a.add_argument("--lb", choices=("auto", "ipvs", "iptables", "nftables"))
     a.add_argument("--runtime", choices=("netns", "docker"))
     a.add_argument("--metrics", metavar="ADDR:PORT")
     a.add_argument("--gossip-preset", choices=("lan", "fast"))

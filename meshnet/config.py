@@ -73,7 +73,7 @@ class AgentConfig:
     join: tuple[str, ...] = ()  #: peers to join at start, ADDR[:PORT]
     api: str = DEFAULT_API  #: local API unix socket (mode 0600)
     encrypt_key: str = ""  #: base64 gossip key (same format as `serf keygen`)
-    lb: str = "auto"  #: load balancer backend: auto, ipvs, iptables
+    lb: str = "auto"  #: load balancer backend: auto, ipvs, iptables, nftables
     runtime: str = "netns"  #: where endpoints come from: netns or docker
     metrics: str = ""  #: ADDR:PORT for Prometheus metrics; empty: off
     gossip_preset: str = "lan"  #: lan (memberlist defaults) or fast (small clusters)
@@ -98,7 +98,7 @@ class AgentConfig:
             raise ConfigError(str(exc)) from None
         for j in self.join:
             parse_hostport(j, GOSSIP_PORT, "join address")
-        _choice(self.lb, ("auto", "ipvs", "iptables"), "lb")
+        _choice(self.lb, ("auto", "ipvs", "iptables", "nftables"), "lb")
         _choice(self.runtime, ("netns", "docker"), "runtime")
         _choice(self.gossip_preset, ("lan", "fast"), "gossip-preset")
         _choice(self.log_level, ("debug", "info", "warning", "error"), "log-level")

@@ -41,10 +41,20 @@ def spread_ok(res, names, n, share=0.2):
     assert all(c[x] >= share * n for x in names), c
 
 
+#: the backends that run here (the IPVS kernel test, tests/ipvs/test_ipvs.py, skips with
+#: the reason on a kernel without ip_vs)
+BACKENDS = ["iptables", "nftables"]
+
+
+@pytest.fixture(params=BACKENDS)
+def lb(request):
+    return request.param
+
+
 @pytest.fixture
-def mesh(make_lab):
+def mesh(make_lab, lb):
     """3 task hosts (h1..h3) + h4 with no task; an outside client at 192.0.2.9."""
-    lab = make_lab(hosts=4)
+    lab = make_lab(hosts=4, agent_args=("--lb", lb))
     overlay_setup(lab, "app", "10.100.0.0/24")
     a = api(lab, "h1")
     web = a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"],
@@ -108,8 +118,8 @@ def test_dead_host_tasks_removed(mesh):
     assert res["errors"] == 0 and "web3" not in res["counts"], res
 
 
-def test_local_only_keeps_client_address_and_affinity_sticks(make_lab):
-    lab = make_lab(hosts=2)
+def test_local_only_keeps_client_address_and_affinity_sticks(make_lab, lb):
+    lab = make_lab(hosts=2, agent_args=("--lb", lb))
     overlay_setup(lab, "app", "10.101.0.0/24")
     a = api(lab, "h1")
     a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
@@ -133,7 +143,7 @@ def test_local_only_keeps_client_address_and_affinity_sticks(make_lab):
     assert len(res["counts"]) == 1 and res["errors"] == 0, res
 
 
-def test_agent_restart_keeps_connections_and_rules(mesh):
+def test_agent_restart_keeps_connections_and_rules(mesh, lb):
     lab, web, _, outside = mesh
     a = api(lab, "h1")
     raw = a.post("/v1/services", {"name": "raw", "network": "app", "ports": ["7000/tcp"]})
@@ -149,6 +159,7 @@ def test_agent_restart_keeps_connections_and_rules(mesh):
         sbs = sorted(n for n in os.listdir("/run/netns")
                      if n.startswith(lab.spec.host_ns(h) + "-ov-"))
         text += "".join(ns_exec(n, "iptables-save").stdout for n in sbs)
+        text += "".join(ns_exec(n, "nft", "list", "ruleset").stdout for n in sbs)
         return [ln.split(" [")[0] for ln in text.splitlines() if not ln.startswith("#")]
 
     client = lab.spec.container_ns("client")  # on h4: VIP DNAT happens in h4's sandbox
@@ -158,7 +169,7 @@ def test_agent_restart_keeps_connections_and_rules(mesh):
     before = save("h4")
     os.kill(lab.agent_pid("h4"), signal.SIGKILL)
     time.sleep(0.3)
-    lab.restart_agent("h4")
+    lab.restart_agent("h4", extra=("--lb", lb))
     for p in (via_vip, via_mesh):
         out, _ = p.communicate(timeout=30)
         res = json.loads(out)
@@ -205,10 +216,10 @@ def test_host_mode_binds_only_where_a_task_runs(make_lab):
     assert ":9191" not in listeners
 
 
-def test_udp_flow_moves_when_its_backend_is_removed(make_lab):
+def test_udp_flow_moves_when_its_backend_is_removed(make_lab, lb):
     """UDP has no close: the conntrack entry to a removed backend must be cleared, or the
     same client flow keeps hitting the dead task until the entry times out."""
-    lab = make_lab(hosts=2)
+    lab = make_lab(hosts=2, agent_args=("--lb", lb))
     overlay_setup(lab, "app", "10.103.0.0/24")
     a = api(lab, "h1")
     svc = a.post("/v1/services", {"name": "u", "network": "app", "ports": ["53/udp"]})

@@ -5,7 +5,9 @@ Modules: ``state`` (the desired state as frozen data), ``planner`` (tables -> Lb
 pure), ``incremental`` (the same kept current one changed row at a time: what the agent
 runs), ``rules`` (LbState -> iptables chains, pure), ``iptables`` (plan/observe/apply via
 one ``iptables-restore --noflush`` per namespace; conntrack helper), ``ipvs`` (fwmark IPVS
-services over generic netlink; ``ipvs_available()``), ``backend`` (the interface,
+services over generic netlink; ``ipvs_available()``), ``nftrules``/``nftables``/``nftnl``
+(``--lb nftables``: sandboxes in nftables maps, backend changes as map elements over
+netlink, so their cost does not grow with the table), ``backend`` (the interface,
 ``choose_backend``), ``reconciler`` (sync loop body), ``health`` (sans-IO checker core and
 asyncio driver).
 

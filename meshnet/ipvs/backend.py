@@ -18,9 +18,10 @@ from typing import Any, Literal, Protocol
 from meshnet.errors import ConfigError
 from meshnet.ipvs.iptables import CommandRunner, IptablesBackend
 from meshnet.ipvs.ipvs import IpvsBackend, ipvs_available
+from meshnet.ipvs.nftables import NftBackend
 from meshnet.ipvs.state import LbConfig, LbState
 
-LbChoice = Literal["auto", "ipvs", "iptables"]
+LbChoice = Literal["auto", "ipvs", "iptables", "nftables"]
 
 
 class LbBackend(Protocol):
@@ -37,18 +38,22 @@ def choose_backend(lb: LbChoice, prefix: str, *, host_ns: str | None = None,
                    probe=ipvs_available) -> tuple[LbBackend, str]:
     """(backend, why it was chosen). ``auto``: ipvs when the kernel has it, else iptables.
     ``ipvs`` on a kernel without it is a configuration error (one clear line).
+    ``nftables`` (never chosen by ``auto``): sandboxes in nftables maps, so a backend
+    change costs the same at any number of services; not visible in ``iptables-save``.
     ``iptables`` names the binary family (``iptables`` or ``iptables-legacy``, or a path
     prefix such as ``/usr/sbin/iptables-legacy``)."""
     runner = CommandRunner(prefix, binary=iptables, host_ns=host_ns)
     if lb == "iptables":
         return IptablesBackend(runner, config), "iptables: chosen by configuration"
+    if lb == "nftables":
+        return NftBackend(runner, config), "nftables: chosen by configuration"
     ok, why = probe()
     if lb == "ipvs":
         if not ok:
             raise ConfigError(f"--lb ipvs: this kernel has no IPVS ({why})")
         return IpvsBackend(runner, config), "ipvs: chosen by configuration"
     if lb != "auto":
-        raise ConfigError(f"invalid lb {lb!r}: use auto, ipvs or iptables")
+        raise ConfigError(f"invalid lb {lb!r}: use auto, ipvs, iptables or nftables")
     if ok:
         return IpvsBackend(runner, config), "ipvs: the kernel has IPVS (auto)"
     return IptablesBackend(runner, config), f"iptables: no IPVS ({why}) (auto)"

@@ -17,6 +17,7 @@ import pytest
 
 from meshnet import netns
 from meshnet.ipvs.iptables import CommandRunner, IptablesBackend, Observed, observed_of
+from meshnet.ipvs.nftables import NftBackend, NftObserved, NftPlan
 from meshnet.ipvs.planner import desired
 from meshnet.ipvs.rules import HOST, render
 from tests.ipvs.tables import LB_IPS, NETS, pub, svc, task
@@ -109,7 +110,8 @@ def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def test_vip_datapath_in_a_sandbox():
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_vip_datapath_in_a_sandbox(backend):
     """The packet path of the package docstring on a real kernel: containers on the
     sandbox bridge reach a VIP (a /32 on br0, DNATed in the sandbox with br_netfilter on),
     keep their source address, and a task reaching itself is masqueraded (hairpin)."""
@@ -143,11 +145,18 @@ def test_vip_datapath_in_a_sandbox():
                                      stdout=subprocess.PIPE, text=True)
                 procs.append(p)
                 assert p.stdout.readline().strip() == "ready"
-        be = IptablesBackend(CommandRunner(prefix, host_ns=None))
         eps = [task("10.0.0.2", "h1", "web"), task("10.0.0.3", "h1", "web")]
         st = desired("h1", NETS, {"web": svc("web")}, eps, {}, [], prefix, {})
-        have, _ = be.apply([op for op in be.plan(st, Observed()) if op.ns == sandbox],
-                           Observed())
+        if backend == "iptables":
+            be = IptablesBackend(CommandRunner(prefix, host_ns=None))
+            be.apply([op for op in be.plan(st, Observed()) if op.ns == sandbox], Observed())
+        else:
+            if not shutil.which("nft"):
+                pytest.skip("nft not installed")
+            nbe = NftBackend(CommandRunner(prefix, host_ns=None))
+            p = nbe.plan(st, NftObserved())
+            nbe.apply(NftPlan(tuple(op for op in p.tables if op.ns == sandbox), ()),
+                      NftObserved())
 
         def client(ns: str) -> dict:
             out = subprocess.run(["ip", "netns", "exec", f"{prefix}{ns}", "python3", "-c",

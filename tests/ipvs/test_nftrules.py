@@ -1,0 +1,254 @@
+"""The nftables backend's tables and plans (pure): a packet walk over the rendered maps,
+plans that converge, a one-backend change that is elements only, reading a table back."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_address
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnet.ipvs.incremental import IncrementalPlanner
+from meshnet.ipvs.iptables import Observed
+from meshnet.ipvs.nftables import NftBackend, NftObserved
+from meshnet.ipvs.nftrules import (
+    SPAN,
+    TABLE,
+    NftMemo,
+    NftSandbox,
+    parse_table,
+    plan_sandbox,
+    render,
+    split,
+)
+from meshnet.ipvs.planner import desired
+from meshnet.ipvs.rules import HOST, Jump
+from meshnet.ipvs.state import LbConfig
+from tests.ipvs.tables import LB_IPS, NETS, health, pub, svc, task
+
+PREFIX = "mn-x-"
+SB = f"{PREFIX}ov-000100"
+CFG = LbConfig()
+
+
+def state(services=None, eps=None, pubs=(), hl=None):
+    services = services if services is not None else {"web": svc("web")}
+    eps = eps if eps is not None else [task(f"10.0.0.{i}", f"h{i % 3 + 1}", "web")
+                                       for i in range(2, 8)]
+    return desired("h1", NETS, services, eps, hl or {}, pubs, PREFIX, LB_IPS)
+
+
+def walk(t: NftSandbox, dst: str, proto: str, port: int, r: int) -> tuple[str, int] | None:
+    """Where the sandbox DNATs a new connection (r: the random / source-hash number)."""
+    s = next((s for s in t.services.values() if (s.vip, s.proto, s.port) == (dst, proto,
+                                                                              port)), None)
+    if s is None:
+        return None
+    hit = [(ip, p) for lo, hi, ip, p in s.ranges or () if lo <= r <= hi]
+    assert len(hit) <= 1, "overlapping ranges"
+    return hit[0] if hit else None
+
+
+@given(st.integers(1, 600))
+def test_split_covers_the_span_evenly(n):
+    parts = split(n)
+    assert parts[0][0] == 0 and parts[-1][1] == SPAN - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(parts, parts[1:], strict=False))
+    sizes = {hi - lo + 1 for lo, hi in parts}
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_vip_reaches_every_backend_with_an_equal_share():
+    t = render(state(), CFG)[SB]
+    assert t is not None
+    seen: dict[tuple[str, int], int] = {}
+    for r in range(0, SPAN, 7):
+        b = walk(t, "10.0.0.100", "tcp", 80, r)
+        assert b is not None
+        seen[b] = seen.get(b, 0) + 1
+    assert set(seen) == {(f"10.0.0.{i}", 80) for i in range(2, 8)}
+    assert max(seen.values()) - min(seen.values()) <= 2
+    assert walk(t, "10.0.0.100", "udp", 80, 5) is None  # not a service: no DNAT
+
+
+def test_unhealthy_task_leaves_the_map_and_a_service_without_tasks_refuses():
+    eps = [task("10.0.0.2", "h1", "web"), task("10.0.0.3", "h2", "web")]
+    services = {"web": svc("web", health="tcp")}
+    hl = {**health(eps[0]), **health(eps[1], healthy=False)}
+    t = render(state(services, eps, hl=hl), CFG)[SB]
+    assert {walk(t, "10.0.0.100", "tcp", 80, r) for r in (0, SPAN // 2, SPAN - 1)} == {
+        ("10.0.0.2", 80)}
+    hl = {**health(eps[0], healthy=False), **health(eps[1], healthy=False)}
+    t = render(state(services, eps, hl=hl), CFG)[SB]
+    assert t is not None and walk(t, "10.0.0.100", "tcp", 80, 0) is None  # empty map
+
+
+def test_rules_name_no_backend_and_mark_ingress_and_hash_for_affinity():
+    services = {"web": svc("web", affinity="client-ip"), "api": svc("api", vip="10.0.0.101")}
+    eps = [task("10.0.0.2", "h1", "web"), task("10.0.0.3", "h1", "api")]
+    t = render(state(services, eps, pubs=[pub(8080, 80, "web")]), CFG)[SB]
+    rules = {s.vip: "\n".join(s.rules) for s in t.services.values()}
+    assert "jhash ip saddr" in rules["10.0.0.100"] and "numgen random" in rules["10.0.0.101"]
+    assert all('iifname "ing0" meta mark set' in r for r in rules.values())  # mesh network
+    assert all("10.0.0.2" not in r and "10.0.0.3" not in r for r in rules.values())
+    assert t.hairpin == {"10.0.0.2", "10.0.0.3"}  # local tasks
+    assert "snat ip to 10.0.0.250" in t.postrouting[-1]
+
+
+def test_plan_from_nothing_then_nothing_to_do():
+    t = render(state(), CFG)[SB]
+    op = plan_sandbox(SB, t, None)
+    assert op is not None and op.script.startswith(f"add table ip {TABLE}\n")
+    assert "vmap @services" in op.script and "add map ip meshnet_lb be_" in op.script
+    assert "goto svc_" in op.script
+    assert [c.name for c in op.elements] == [s.map for s in t.services.values()] + [
+        "hairpin"]  # a local task: hairpin masquerade
+    assert plan_sandbox(SB, t, t) is None  # applied: the kernel holds exactly this
+    assert plan_sandbox(SB, None, t).script == f"delete table ip {TABLE}\n"
+    assert plan_sandbox(SB, None, None) is None
+
+
+def test_one_backend_change_is_elements_of_one_map_only():
+    names = {f"s{i}": svc(f"s{i}", vip=f"10.0.0.{100 + i}") for i in range(50)}
+    eps = [task(f"10.0.0.{2 + i}", "h2", f"s{i % 50}") for i in range(90)]
+    eps.append(task("10.0.0.99", "h1", "s7"))  # this host runs a task: it has a sandbox
+    planner = IncrementalPlanner("h1", PREFIX)  # as the agent: states with change hints
+    planner.reset({"networks": dict(NETS), "services": names, "published": {}, "health": {},
+                   "endpoints": {e.key: e for e in eps}})
+    memo: dict[str, NftMemo] = {}
+    before = render(planner.state(LB_IPS, ()), CFG, memo)[SB]
+    planner.change("endpoints", eps[0].key, None)
+    after = render(planner.state(LB_IPS, ()), CFG, memo)[SB]
+    assert after is not None and after.base is not None and after.base() is before
+    assert len(after.touched) == 1
+    op = plan_sandbox(SB, after, before)
+    assert op is not None and op.script == ""
+    assert len(op.elements) == 1 and op.elements[0].delete and op.elements[0].add
+    # the same plan from a full comparison (no hint)
+    fresh = render(state(names, eps[1:]), CFG)[SB]
+    assert plan_sandbox(SB, fresh, before) == op
+
+
+def test_removed_service_takes_its_dispatch_chain_and_map():
+    services = {"web": svc("web"), "api": svc("api", vip="10.0.0.101")}
+    eps = [task("10.0.0.2", "h1", "web"), task("10.0.0.3", "h2", "api")]
+    before = render(state(services, eps), CFG)[SB]
+    after = render(state({"web": svc("web")}, eps[:1]), CFG)[SB]
+    op = plan_sandbox(SB, after, before)
+    gone = next(s for s in before.services.values() if s.vip == "10.0.0.101")
+    lines = op.script.splitlines()
+    assert f"delete element ip {TABLE} services {{ 10.0.0.101 . tcp . 80 }}" in lines
+    assert lines.index(f"delete chain ip {TABLE} {gone.chain}") > lines.index(
+        f"delete element ip {TABLE} services {{ 10.0.0.101 . tcp . 80 }}")
+    assert f"delete map ip {TABLE} {gone.map}" in lines
+    assert op.elements == ()  # a deleted map takes its elements along
+
+
+def as_json(t: NftSandbox) -> str:
+    """The table as ``nft -j list table`` prints it (format taken from nft 1.0.6)."""
+    objs: list[dict] = [{"metainfo": {"version": "1.0.6"}},
+                        {"table": {"family": "ip", "name": TABLE}}]
+    objs.append({"map": {"name": "services", "table": TABLE, "map": "verdict", "elem": [
+        [{"concat": [s.vip, s.proto, s.port]}, {"goto": {"target": s.chain}}]
+        for s in t.services.values()]}})
+    objs.append({"set": {"name": "hairpin", "table": TABLE,
+                         "elem": [{"concat": [a, a]} for a in sorted(t.hairpin)]}})
+    for s in t.services.values():
+        objs.append({"map": {"name": s.map, "table": TABLE, "type": "integer",
+                             "map": "ipv4_addr . inet_service", "flags": ["interval"],
+                             "elem": [[{"range": [lo, hi]}, {"concat": [ip, p]}]
+                                      for lo, hi, ip, p in s.ranges]}})
+        objs.append({"chain": {"table": TABLE, "name": s.chain}})
+        objs.append({"rule": {"table": TABLE, "chain": s.chain,
+                              "comment": f"mn:{s.digest}", "expr": []}})
+    for name in ("prerouting", "postrouting"):
+        objs.append({"chain": {"table": TABLE, "name": name, "type": "nat"}})
+    objs.append({"rule": {"table": TABLE, "chain": "prerouting", "comment": f"mn:{t.digest}"}})
+    return json.dumps({"nftables": objs})
+
+
+def test_a_table_read_back_is_adopted_and_damage_is_repaired():
+    t = render(state(pubs=[pub(8080, 80, "web")]), CFG)[SB]
+    seen = parse_table(as_json(t))
+    assert seen is not None and seen == NftSandbox(t.digest, {
+        n: type(s)(s.name, s.vip, s.proto, s.port, s.digest, s.ranges)
+        for n, s in t.services.items()}, t.hairpin)
+    assert plan_sandbox(SB, t, seen) is None  # a restart changes nothing
+    # a range lost, a stray dispatch element, a hairpin element too many
+    data = json.loads(as_json(t))
+    for o in data["nftables"]:
+        if "map" in o and o["map"]["name"].startswith("be_"):
+            o["map"]["elem"] = o["map"]["elem"][1:]
+        if "map" in o and o["map"]["name"] == "services":
+            o["map"]["elem"].append([{"concat": ["10.0.0.9", "tcp", 1]},
+                                     {"goto": {"target": "svc_GONE"}}])
+        if "set" in o:
+            o["set"]["elem"].append({"concat": ["10.0.0.77", "10.0.0.77"]})
+    op = plan_sandbox(SB, t, parse_table(json.dumps(data)))
+    assert f"delete element ip {TABLE} services {{ 10.0.0.9 . tcp . 1 }}" in op.script
+    fixed = {c.name: c for c in op.elements}
+    svc_map = next(iter(t.services.values())).map
+    assert len(fixed[svc_map].add) == 2 * len(next(iter(t.services.values())).ranges)
+    assert fixed["hairpin"].delete and not fixed["hairpin"].add
+    assert parse_table(json.dumps({"nftables": [{"metainfo": {}}]})) is None
+
+
+def test_base_chains_are_rewritten_when_the_lb_address_changes():
+    t = render(state(), CFG)[SB]
+    other = render(desired("h1", NETS, {"web": svc("web")},
+                           [task(f"10.0.0.{i}", f"h{i % 3 + 1}", "web") for i in range(2, 8)],
+                           {}, [], PREFIX, {"a": ip_address("10.0.0.251")}), CFG)[SB]
+    op = plan_sandbox(SB, other, t)
+    assert "snat ip to 10.0.0.251" in op.script and op.elements == ()
+    assert f"flush chain ip {TABLE} postrouting" in op.script
+
+
+class FakeNft:
+    def __init__(self) -> None:
+        self.scripts: list[tuple[str, str]] = []
+        self.elements_sent: list[tuple[str, tuple]] = []
+
+    def script(self, ns, text):
+        self.scripts.append((ns, text))
+
+    def elements(self, ns, changes):
+        self.elements_sent.append((ns, tuple(changes)))
+
+    def list_table(self, ns):
+        return None
+
+    def forget(self, keep):
+        pass
+
+
+class FakeIpt:
+    def __init__(self) -> None:
+        self.restores: list[tuple[str, str]] = []
+
+    def restore(self, ns, text):
+        self.restores.append((ns, text))
+
+    def save(self, ns):
+        return ""
+
+    def namespaces(self):
+        return [HOST, SB]
+
+
+def test_backend_keeps_published_ports_in_iptables_and_drops_old_sandbox_chains():
+    ipt, nft = FakeIpt(), FakeNft()
+    be = NftBackend(ipt, CFG, nft=nft)
+    left = Observed({SB: {("nat", "MESHNET-SERVICES"): "X"}},
+                    {SB: {Jump("nat", "PREROUTING", "-m comment --comment meshnet -j "
+                                                     "MESHNET-SERVICES")}})
+    want = state(pubs=[pub(8080, 80, "web")])
+    p = be.plan(want, NftObserved(rules=left))
+    assert [op.ns for op in p.tables] == [SB]
+    assert {r.ns for r in p.rules} == {HOST, SB}
+    assert next(r for r in p.rules if r.ns == SB).deleted == (("nat", "MESHNET-SERVICES"),)
+    have, skipped = be.apply(p, NftObserved(rules=left))
+    assert skipped == [] and nft.scripts[0][0] == SB and nft.elements_sent[0][0] == SB
+    assert "MESHNET-INGRESS" in next(t for ns, t in ipt.restores if ns == HOST)
+    assert not be.plan(want, have)  # converged: nothing to do
+    assert have.tables[SB] is render(want, CFG, be._memo)[SB]
