@@ -53,9 +53,9 @@ def _wrk(ns: str, url: str) -> float:
     return float(m.group(1))
 
 
-def _setup(tag: str) -> tuple[Lab, ApiClient]:
+def _setup(tag: str, lb: str = "auto") -> tuple[Lab, ApiClient]:
     lab = Lab(LabSpec(name=f"bm{os.getpid() % 1000}{tag}", hosts=3))
-    lab.up()
+    lab.up(agent_args=("--lb", lb))
     a = ApiClient(lab.spec.api_socket("h1"))
     a.post("/v1/networks", {"name": "app", "subnet": "10.120.0.0/24"})
     for h in lab.spec.host_names:
@@ -63,8 +63,8 @@ def _setup(tag: str) -> tuple[Lab, ApiClient]:
     return lab, a
 
 
-def mesh_rps() -> tuple[float, float]:
-    lab, a = _setup("r")
+def mesh_rps(lb: str = "auto") -> tuple[float, float]:
+    lab, a = _setup(f"r{lb[0]}", lb)
     try:
         a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
         www = lab.spec.state_dir / "www"
@@ -124,6 +124,10 @@ def run() -> list[Result]:
     out = [Result("mesh", "requests/s, published port on a host without a task (wrk -c32)",
                   "req/s", m, "straight to the task over the overlay", d,
                   goal=">= 0.9 x direct", higher_is_better=True)]
+    m, d = mesh_rps("nftables")
+    out.append(Result("mesh", "--lb nftables: requests/s, published port on a host without "
+                      "a task (wrk -c32)", "req/s", m, "straight to the task over the overlay",
+                      d, goal=">= 0.9 x direct", higher_is_better=True))
     docker = failover(30.0, 30.0, 3)
     default = failover(5.0, 2.0, 3)
     fast = failover(0.2, 0.2, 1)

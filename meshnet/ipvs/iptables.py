@@ -235,6 +235,9 @@ class IptablesBackend:
     name = "iptables"
 
     def observe(self) -> Observed:
+        if not self._swept:  # once: what a --lb nftables run left would DNAT first
+            self._swept = True
+            _drop_nft_tables(n for n in self.runner.namespaces() if n != HOST)
         out = Observed()
         for ns in self.runner.namespaces():
             try:
@@ -256,6 +259,7 @@ class IptablesBackend:
         #: the rulesets the kernel holds exactly, valid while ``have is self._after``
         self._applied: dict[str, Ruleset] = {}
         self._after: Observed | None = None
+        self._swept = False
 
     def render(self, want: LbState) -> dict[str, Ruleset]:
         return render(want, self.config, self._memo)
@@ -310,6 +314,28 @@ class IptablesBackend:
         self.apply(ops, have)
         REAPER.settle()  # no iptables-restore of ours outlives a cleanup
         return [f"{op.ns or 'host'}:{t}/{c}" for op in ops for t, c in op.deleted]
+
+
+def _drop_nft_tables(namespaces: Iterable[str]) -> list[str]:
+    """Remove the ``--lb nftables`` table from sandboxes (after a switch of backend)."""
+    nft = shutil.which("nft")
+    if not nft:
+        return []
+    from meshnet.ipvs.nftrules import TABLE
+
+    removed = []
+    for ns in namespaces:
+        try:
+            r = netns.run_cmd(ns, [nft, "list", "tables"], capture_output=True, text=True,
+                              timeout=30)
+        except FileNotFoundError:
+            continue
+        if f"table ip {TABLE}" in r.stdout.splitlines():
+            netns.run_cmd(ns, [nft, "delete", "table", "ip", TABLE], capture_output=True,
+                          timeout=30)
+            log.info("removed the nftables load-balancing table in %s (backend changed)", ns)
+            removed.append(ns)
+    return removed
 
 
 # --- conntrack ------------------------------------------------------------------------

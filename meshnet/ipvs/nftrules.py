@@ -181,9 +181,11 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
                 services.pop(hit[1].name, None)
                 touched.add(hit[1].name)
             if any(b.local for b in old.backends) or any(b.local for b in vs.backends):
-                gone = _count(memo.pins, old, -1)
-                came = _count(memo.pins, vs, 1)
-                local_changed = local_changed or bool(gone or came)
+                ips = {str(b.ip) for b in (*old.backends, *vs.backends) if b.local}
+                was = {ip for ip in ips if ip in memo.pins}
+                _count(memo.pins, old, -1)
+                _count(memo.pins, vs, 1)
+                local_changed = local_changed or was != {ip for ip in ips if ip in memo.pins}
             if vs.vip.version == 4:
                 made = render_service(sb.ns, vs, sb.ingress, cfg)
                 services[made.name] = made
@@ -218,22 +220,19 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
     return result
 
 
-def _count(pins: dict[str, int], vs: VirtualService, step: int) -> bool:
-    """Local tasks of IPv4 services need hairpin masquerade (a task can pick itself).
-    Count them per address; True if an address appeared or went away."""
-    crossed = False
+def _count(pins: dict[str, int], vs: VirtualService, step: int) -> None:
+    """Local tasks of IPv4 services need hairpin masquerade (a task can pick itself):
+    count the services each local address serves."""
     if vs.vip.version != 4:
-        return crossed
+        return
     for b in vs.backends:
         if b.local:
             ip = str(b.ip)
             n = pins.get(ip, 0) + step
-            crossed = crossed or n == 0 or n == step
             if n <= 0:
                 pins.pop(ip, None)
             else:
                 pins[ip] = n
-    return crossed
 
 
 def render(state: LbState, cfg: LbConfig, memo: dict[str, NftMemo] | None = None

@@ -13,7 +13,7 @@ import pytest
 
 from meshnet import netns
 from meshnet.errors import KernelError
-from meshnet.ipvs.iptables import CommandRunner
+from meshnet.ipvs.iptables import CommandRunner, IptablesBackend
 from meshnet.ipvs.nftables import NftBackend
 from meshnet.ipvs.nftnl import ElementWriter, SetChange, ranges_elems
 from meshnet.ipvs.nftrules import TABLE, parse_table
@@ -118,3 +118,34 @@ def test_element_batches_are_atomic_and_follow_a_recreated_namespace():
     finally:
         w.close()
         netns.remove(ns, kill=False)
+
+
+def test_iptables_backend_removes_what_an_nftables_run_left():
+    host = f"mn-nftdev-{os.getpid()}-s"
+    prefix = f"{host}-"
+    sandbox = f"{prefix}ov-000100"
+    try:
+        netns.create(host)
+        netns.create(sandbox)
+        st = desired("h1", NETS, {"web": svc("web")}, [task("10.0.0.2", "h1", "web")], {},
+                     [], prefix, LB_IPS)
+        be = NftBackend(CommandRunner(prefix, host_ns=host))
+        be.apply(be.plan(st, be.observe()), be.observe())
+        assert TABLE in _list(sandbox)
+        ipt = IptablesBackend(CommandRunner(prefix, host_ns=host))
+        have = ipt.observe()  # the switch: the nftables table would DNAT before our chains
+        assert TABLE not in _list(sandbox)
+        ipt.apply(ipt.plan(st, have), have)
+        assert "MESHNET-SERVICES" in subprocess.run(
+            ["ip", "netns", "exec", sandbox, "iptables-save"], capture_output=True,
+            text=True).stdout
+        # and back: the nftables backend removes the iptables chains from the sandbox
+        seen = be.observe()
+        be.apply(be.plan(st, seen), seen)
+        assert "MESHNET" not in subprocess.run(
+            ["ip", "netns", "exec", sandbox, "iptables-save"], capture_output=True,
+            text=True).stdout
+        assert TABLE in _list(sandbox)
+    finally:
+        netns.remove(sandbox, kill=False)
+        netns.remove(host, kill=False)

@@ -252,3 +252,22 @@ def test_backend_keeps_published_ports_in_iptables_and_drops_old_sandbox_chains(
     assert "MESHNET-INGRESS" in next(t for ns, t in ipt.restores if ns == HOST)
     assert not be.plan(want, have)  # converged: nothing to do
     assert have.tables[SB] is render(want, CFG, be._memo)[SB]
+
+
+@given(st.lists(st.tuples(st.integers(0, 11), st.booleans()), min_size=1, max_size=25))
+def test_patched_renders_equal_fresh_ones(steps):
+    """Whatever the order of task changes (local and remote, the same address serving two
+    services), the render patched from the last one equals a render from scratch."""
+    names = {f"s{i}": svc(f"s{i}", vip=f"10.0.0.{100 + i}") for i in range(6)}
+    pool = [task(f"10.0.0.{2 + i}", "h1" if i % 2 == 0 else "h2", f"s{i % 6}")
+            for i in range(12)]
+    pool[7] = task("10.0.0.2", "h1", "s1", name="again")  # 10.0.0.2 serves s0 and s1
+    planner = IncrementalPlanner("h1", PREFIX)
+    planner.reset({"networks": dict(NETS), "services": names, "published": {}, "health": {},
+                   "endpoints": {pool[0].key: pool[0]}})
+    memo: dict[str, NftMemo] = {}
+    render(planner.state(LB_IPS, ()), CFG, memo)
+    for i, present in steps:
+        planner.change("endpoints", pool[i].key, pool[i] if present else None)
+        now = planner.state(LB_IPS, ())
+        assert render(now, CFG, memo) == render(now, CFG)
