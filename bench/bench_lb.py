@@ -204,48 +204,63 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
     return out
 
 
-def measure_nft(n: int, tag: str) -> dict[str, list[float]]:
-    """The same full sync and one-backend change with ``--lb nftables``."""
-    prefix = f"mn-lbdev-n{tag}-"
-    sandbox = f"{prefix}ov-{VNI:06x}"
-    host = f"{prefix}host"
-    out: dict[str, list[float]] = {"full": [], "one": [], "one_script": []}
+def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[float]]]:
+    """The same full sync and one-backend change with ``--lb nftables``, for every size
+    at once: one agent-like reconciler per size, each with its own namespaces, all alive
+    in this process, their changes taken in turn. So the sizes share one process (heap,
+    caches) and differ only in their table: what is compared is what the number of
+    services costs a change, not how much memory the benchmark process happens to hold."""
+    out: dict[int, dict[str, list[float]]] = {
+        n: {"full": [], "one": [], "one_script": []} for n in sizes}
     loop = asyncio.new_event_loop()
+    made: list[str] = []
     try:
-        netns.create(host)
-        be = NftBackend(CommandRunner(prefix, host_ns=host))
-        nets, services, eps = tables(n)
-        store = Store(LocalTables("h0"))
-        for table, rows in (("networks", nets.values()), ("services", services.values()),
-                            ("endpoints", eps)):
-            for row in rows:
-                store.put(table, row.key if table == "endpoints" else row.name, row, 0)
-        gone = next(e for e in eps if e.name == "t0-3")
+        setups = []
+        for n in sizes:
+            prefix = f"mn-lbdev-n{tag}{n}-"
+            host = f"{prefix}host"
+            netns.create(host)
+            made.append(host)
+            be = NftBackend(CommandRunner(prefix, host_ns=host))
+            nets, services, eps = tables(n)
+            store = Store(LocalTables("h0"))
+            for table, rows in (("networks", nets.values()), ("services", services.values()),
+                                ("endpoints", eps)):
+                for row in rows:
+                    store.put(table, row.key if table == "endpoints" else row.name, row, 0)
+            gone = next(e for e in eps if e.name == "t0-3")
+            setups.append((n, f"{prefix}ov-{VNI:06x}", prefix, be, store, gone))
         for _ in range(REPEAT):
-            netns.create(sandbox)
-            rec = LbReconciler("h0", store, be, prefix, _inline)
-            rec.refresh(full=True)
-            t0 = time.perf_counter()
-            loop.run_until_complete(rec.sync(True))
-            out["full"].append(time.perf_counter() - t0)
-            for change in ("delete", "put", "delete", "put"):
-                _quiet()
+            recs = []
+            for n, sandbox, prefix, be, store, _gone in setups:
+                netns.create(sandbox)
+                made.append(sandbox)
+                rec = LbReconciler("h0", store, be, prefix, _inline)
+                rec.refresh(full=True)
                 t0 = time.perf_counter()
-                if change == "delete":
-                    store.delete("endpoints", gone.key, 0)
-                else:
-                    store.put("endpoints", gone.key, gone, 0)
-                loop.run_until_complete(rec.sync(False))
-                net_key(rec.last_state)
-                out["one"].append(time.perf_counter() - t0)
-                ops = rec.last_plan.tables
-                assert [op.ns for op in ops] == [sandbox] and not rec.last_plan.rules, ops
-                out["one_script"].append(float(bool(ops[0].script)))
-            store.listeners.remove(rec.note)
-            netns.remove(sandbox, kill=False)
+                loop.run_until_complete(rec.sync(True))
+                out[n]["full"].append(time.perf_counter() - t0)
+                recs.append(rec)
+            for change in ("delete", "put", "delete", "put"):
+                for (n, sandbox, _, _, store, gone), rec in zip(setups, recs, strict=True):
+                    _quiet()
+                    t0 = time.perf_counter()
+                    if change == "delete":
+                        store.delete("endpoints", gone.key, 0)
+                    else:
+                        store.put("endpoints", gone.key, gone, 0)
+                    loop.run_until_complete(rec.sync(False))
+                    net_key(rec.last_state)
+                    out[n]["one"].append(time.perf_counter() - t0)
+                    ops = rec.last_plan.tables
+                    assert [op.ns for op in ops] == [sandbox] and not rec.last_plan.rules, ops
+                    out[n]["one_script"].append(float(bool(ops[0].script)))
+            for (_, sandbox, _, _, store, _g), rec in zip(setups, recs, strict=True):
+                store.listeners.remove(rec.note)
+                netns.remove(sandbox, kill=False)
     finally:
         loop.close()
-        for ns in (sandbox, host):
+        for ns in made:
             netns.remove(ns, kill=False)
     return out
 
@@ -254,8 +269,8 @@ def run() -> list[Result]:
     tag = str(os.getpid() % 100000)
     big = measure(1000, tag + "a")
     small = measure(100, tag + "b")
-    nbig = measure_nft(1000, tag + "a")
-    nsmall = measure_nft(100, tag + "b")
+    both = measure_nft((1000, 100), tag)
+    nbig, nsmall = both[1000], both[100]
     scripts = sum(nbig["one_script"]) + sum(nsmall["one_script"])
     res = [
         Result(bench="lb", metric=f"full sync, 1,000 services x {BACKENDS} backends "

@@ -83,9 +83,11 @@ def mesh_rps(lb: str = "auto") -> tuple[float, float]:
             ).returncode == 0, 30, f"{url} answering")
         _wrk(outside, mesh)  # warm up both paths (ARP, conntrack)
         _wrk(lab.spec.container_ns("cl"), direct)
-        m = _wrk(outside, mesh)
-        d = _wrk(lab.spec.container_ns("cl"), direct)
-        return m, d
+        ms, ds = [], []
+        for _ in range(3):  # alternate, so a noisy moment of this 2-core box hits both
+            ms.append(_wrk(outside, mesh))
+            ds.append(_wrk(lab.spec.container_ns("cl"), direct))
+        return sorted(ms)[1], sorted(ds)[1]
     finally:
         lab.down()
 
@@ -121,13 +123,14 @@ def failover(interval: float, timeout: float, retries: int) -> float:
 
 def run() -> list[Result]:
     m, d = mesh_rps()
-    out = [Result("mesh", "requests/s, published port on a host without a task (wrk -c32)",
-                  "req/s", m, "straight to the task over the overlay", d,
+    out = [Result("mesh", "requests/s, published port on a host without a task "
+                  "(wrk -c32, median of 3)", "req/s", m, "straight to the task over the overlay", d,
                   goal=">= 0.9 x direct", higher_is_better=True)]
     m, d = mesh_rps("nftables")
     out.append(Result("mesh", "--lb nftables: requests/s, published port on a host without "
-                      "a task (wrk -c32)", "req/s", m, "straight to the task over the overlay",
-                      d, goal=">= 0.9 x direct", higher_is_better=True))
+                      "a task (wrk -c32, median of 3)", "req/s", m,
+                      "straight to the task over the overlay", d, goal=">= 0.9 x direct",
+                      higher_is_better=True))
     docker = failover(30.0, 30.0, 3)
     default = failover(5.0, 2.0, 3)
     fast = failover(0.2, 0.2, 1)

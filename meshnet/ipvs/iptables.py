@@ -248,7 +248,11 @@ class IptablesBackend:
                 out.chains[ns], out.jumps[ns] = chains, jumps
         return out
 
-    def __init__(self, runner: IptablesRunner, config: LbConfig | None = None) -> None:
+    def __init__(self, runner: IptablesRunner, config: LbConfig | None = None,
+                 sweep_nft: bool = True) -> None:
+        """``sweep_nft``: at the first observe, remove the table a ``--lb nftables`` run
+        left in sandboxes (off when the nftables backend itself uses this one for the
+        host's rules)."""
         self.runner = runner
         self.config = config or LbConfig()
         #: what the last render made, per sandbox (see ``rules.SandboxMemo``); holds
@@ -259,7 +263,7 @@ class IptablesBackend:
         #: the rulesets the kernel holds exactly, valid while ``have is self._after``
         self._applied: dict[str, Ruleset] = {}
         self._after: Observed | None = None
-        self._swept = False
+        self._swept = not sweep_nft
 
     def render(self, want: LbState) -> dict[str, Ruleset]:
         return render(want, self.config, self._memo)

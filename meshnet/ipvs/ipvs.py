@@ -258,9 +258,12 @@ class IpvsBackend:
     name = "ipvs"
 
     def __init__(self, runner, config: LbConfig | None = None, sockets=None) -> None:
+        from meshnet.ipvs.iptables import IptablesBackend
+
         self.runner = runner
         self.config = config or LbConfig()
         self.sockets = sockets or _ipvs_socket
+        self.ipt = IptablesBackend(runner, self.config)  # marks, SNAT, published ports
 
     def render(self, want: LbState) -> tuple[dict[str, dict[int, IpvsService]],
                                              dict[str, Ruleset]]:
@@ -277,9 +280,7 @@ class IpvsBackend:
                         tuple(ipt_plan(rules, have.rules, full)))
 
     def observe(self) -> IpvsObserved:
-        from meshnet.ipvs.iptables import IptablesBackend
-
-        out = IpvsObserved(rules=IptablesBackend(self.runner).observe())
+        out = IpvsObserved(rules=self.ipt.observe())
         for ns in self.runner.namespaces():
             if ns == HOST:
                 continue
@@ -288,18 +289,14 @@ class IpvsBackend:
         return out
 
     def apply(self, p: IpvsPlan, have: IpvsObserved) -> tuple[IpvsObserved, list[str]]:
-        from meshnet.ipvs.iptables import IptablesBackend
-
         for op in p.ipvs:
             with self.sockets(op.ns) as s:
                 _send(s, op)
-        rules, skipped = IptablesBackend(self.runner).apply(p.rules, have.rules)
+        rules, skipped = self.ipt.apply(p.rules, have.rules)
         return IpvsObserved(self.observe().services, rules), skipped
 
     def cleanup(self) -> list[str]:
         """Remove our IPVS services (marks in our range) and every owned chain/jump."""
-        from meshnet.ipvs.iptables import IptablesBackend
-
         removed = []
         lo, hi = self.config.fwmark_base, self.config.fwmark_base + self.config.fwmark_count
         try:
@@ -312,7 +309,7 @@ class IpvsBackend:
                     with self.sockets(ns) as s:
                         _send(s, DelService(ns, mark))
                     removed.append(f"{ns}:fwmark {mark}")
-        return removed + IptablesBackend(self.runner).cleanup()
+        return removed + self.ipt.cleanup()
 
 
 def _ipvs_socket(ns: str):

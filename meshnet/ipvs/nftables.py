@@ -94,7 +94,7 @@ class NftBackend:
         self.runner = runner
         self.nft = nft or NftRunner()
         self.config = config or LbConfig()
-        self.ipt = IptablesBackend(runner, self.config)
+        self.ipt = IptablesBackend(runner, self.config, sweep_nft=False)
         self._memo: dict[str, NftMemo] = {}
         self._planned: tuple[dict[str, NftSandbox | None], NftPlan] | None = None
 

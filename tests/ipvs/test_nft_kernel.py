@@ -57,9 +57,10 @@ def test_apply_observe_change_cleanup():
         assert "MESHNET" not in text  # the sandbox holds no iptables rules
 
         # the kernel holds exactly what was planned: nothing to do after a restart
-        seen = be.observe()
+        restarted = NftBackend(CommandRunner(prefix, host_ns=host))
+        seen = restarted.observe()
         assert seen.tables == have.tables
-        assert not NftBackend(CommandRunner(prefix, host_ns=host)).plan(st, seen)
+        assert not restarted.plan(st, seen)
 
         # one backend goes away: elements of one map, no nft script
         st2 = desired("h1", NETS, services, eps[1:], {}, pubs, prefix, LB_IPS)
