@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -191,13 +192,14 @@ def run_acked(ns: str | None, argv: Sequence[str], text: str, timeout: float = 6
 def run_plain(ns: str | None, argv: Sequence[str], text: str, timeout: float = 60.0) -> str:
     """Run ``argv`` with ``text`` on stdin and wait for its exit (``"exit"``); a failure
     or a timeout raises :class:`KernelError`."""
+    name = os.path.basename(argv[0])
     try:
         r = netns.run_cmd(ns, argv, input=text, capture_output=True, text=True,
                           timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise KernelError(f"iptables-restore did not finish in {timeout:.0f} s") from exc
+        raise KernelError(f"{name} did not finish in {timeout:.0f} s") from exc
     if r.returncode != 0:
-        raise KernelError(r.stderr.strip()[:500] or f"iptables-restore exited {r.returncode}")
+        raise KernelError(r.stderr.strip()[:500] or f"{name} exited {r.returncode}")
     return "exit"
 
 

@@ -321,23 +321,26 @@ class IptablesBackend:
 
 
 def _drop_nft_tables(namespaces: Iterable[str]) -> list[str]:
-    """Remove the ``--lb nftables`` table from sandboxes (after a switch of backend)."""
+    """Remove the ``--lb nftables`` tables from sandboxes (after a switch of backend)."""
     nft = shutil.which("nft")
     if not nft:
         return []
-    from meshnet.ipvs.nftrules import TABLE
+    from meshnet.ipvs.nftrules import ours
 
     removed = []
     for ns in namespaces:
         try:
-            r = netns.run_cmd(ns, [nft, "list", "tables"], capture_output=True, text=True,
-                              timeout=30)
+            r = netns.run_cmd(ns, [nft, "list", "tables", "ip"], capture_output=True,
+                              text=True, timeout=30)
         except FileNotFoundError:
             continue
-        if f"table ip {TABLE}" in r.stdout.splitlines():
-            netns.run_cmd(ns, [nft, "delete", "table", "ip", TABLE], capture_output=True,
-                          timeout=30)
-            log.info("removed the nftables load-balancing table in %s (backend changed)", ns)
+        mine = [ln.split()[2] for ln in r.stdout.splitlines()
+                if len(ln.split()) == 3 and ln.startswith("table ip ") and ours(ln.split()[2])]
+        if mine:
+            netns.run_cmd(ns, [nft, "-f", "-"], input="".join(
+                f"delete table ip {t}\n" for t in mine), capture_output=True, text=True,
+                timeout=30)
+            log.info("removed the nftables load-balancing tables in %s (backend changed)", ns)
             removed.append(ns)
     return removed
 

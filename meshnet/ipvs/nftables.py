@@ -26,7 +26,7 @@ from meshnet.ipvs.nftrules import (
     NftMemo,
     NftOp,
     NftSandbox,
-    parse_table,
+    parse_ruleset,
     plan_sandbox,
     render,
 )
@@ -68,18 +68,16 @@ class NftRunner:
         except KernelError as exc:
             raise KernelError(f"nft in {ns} failed: {exc}") from exc
 
-    def list_table(self, ns: str) -> str | None:
-        """The table as JSON, or None if this namespace has none."""
-        r = netns.run_cmd(ns, [self.nft, "-j", "list", "table", "ip", TABLE],
+    def list_ruleset(self, ns: str) -> str:
+        """The namespace's nftables ruleset as JSON (ours are picked out by the parser)."""
+        r = netns.run_cmd(ns, [self.nft, "-j", "list", "ruleset", "ip"],
                           capture_output=True, text=True, timeout=self.timeout)
         if r.returncode != 0:
-            if "No such file" in r.stderr:
-                return None
             raise KernelError(f"nft list in {ns} failed: {r.stderr.strip()[:300]}")
         return r.stdout
 
     def elements(self, ns: str, changes) -> None:
-        self.writer.write(ns, TABLE, changes)
+        self.writer.write(ns, TABLE, changes)  # each change names its own table
 
     def forget(self, keep) -> None:
         self.writer.keep(keep)
@@ -121,10 +119,9 @@ class NftBackend:
             if ns == HOST:
                 continue
             try:
-                text = self.nft.list_table(ns)
+                table = parse_ruleset(self.nft.list_ruleset(ns))
             except FileNotFoundError:
                 continue
-            table = parse_table(text) if text else None
             if table is not None:
                 out.tables[ns] = table
         return out
@@ -159,9 +156,11 @@ class NftBackend:
             if ns == HOST:
                 continue
             try:
-                if self.nft.list_table(ns) is not None:
-                    self.nft.script(ns, f"delete table ip {TABLE}\n")
-                    removed.append(f"{ns}:table ip {TABLE}")
+                seen = parse_ruleset(self.nft.list_ruleset(ns))
+                if seen is not None and seen.tables:
+                    self.nft.script(ns, "".join(f"delete table ip {t}\n"
+                                                for t in sorted(seen.tables)))
+                    removed += [f"{ns}:table ip {t}" for t in sorted(seen.tables)]
             except FileNotFoundError:
                 continue
         self.nft.forget(())
@@ -169,8 +168,7 @@ class NftBackend:
 
 
 def _reread(nft: NftRunner, ns: str) -> NftSandbox | None:
-    text = nft.list_table(ns)
-    return parse_table(text) if text else None
+    return parse_ruleset(nft.list_ruleset(ns))
 
 
 def tables_of(rendered: Mapping[str, NftSandbox | None]) -> dict[str, NftSandbox]:

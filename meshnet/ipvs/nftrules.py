@@ -1,17 +1,18 @@
 """Render an :class:`LbState`'s sandboxes to nftables, and plan changes (pure).
 
-``--lb nftables`` keeps what changes with backends out of the rules. Per sandbox, one
-table ``ip meshnet_lb``::
+``--lb nftables`` keeps what changes with backends out of the rules. Per sandbox::
 
-  map services   VIP . proto . port : goto svc_H       one element per virtual service
-  set hairpin    T . T                                 one element per local task
-  chain prerouting   (nat, dstnat)   ip daddr . meta l4proto . th dport vmap @services
-  chain postrouting  (nat, srcnat)   ip saddr . ip daddr @hairpin masquerade
-                                     marked (ingress) traffic: clear the bit, SNAT to the
-                                     LB address (masquerade without one)
-  chain svc_H    [iifname "ing0" meta mark set mark | MASQ]   (routing-mesh networks)
-                 meta l4proto P dnat ip addr . port to numgen random mod 65536 map @be_H
-  map be_H       0-6553 : T1 . port, 6554-13106 : T2 . port, ...   (interval map)
+  table ip meshnet_lb
+    set hairpin    T . T                                 one element per local task
+    chain postrouting  (nat, srcnat)   ip saddr . ip daddr @hairpin masquerade
+                                       marked (ingress) traffic: clear the bit, SNAT to
+                                       the LB address (masquerade without one)
+  table ip meshnet_lb_K     (K = 0..f: the services whose name starts in bucket K)
+    map services   VIP . proto . port : goto svc_H       one element per virtual service
+    chain prerouting   (nat, dstnat)   ip daddr . meta l4proto . th dport vmap @services
+    chain svc_H    [iifname "ing0" meta mark set mark | MASQ]   (routing-mesh networks)
+                   meta l4proto P dnat ip addr . port to numgen random mod 65536 map @be_H
+    map be_H       0-6553 : T1 . port, 6554-13106 : T2 . port, ...   (interval map)
 
 A service's chain and map are made once, when the service appears; its rules never
 mention a backend. Choosing backend i of n is a range of a random 16-bit number
@@ -20,14 +21,21 @@ while the set of backends stays the same, as IPVS's ``sh``), and a backend chang
 the elements of one small map. That is the point of this backend: nf_tables revalidates
 the whole table on every commit that adds a rule with a verdict or NAT (what makes an
 iptables change grow with the number of services), but element changes of a map without
-verdicts are not validated, so they cost the same at 100 and at 1,000 services. Element
-changes are sent over netlink (:mod:`meshnet.ipvs.nftnl`); everything else (table, chains,
-rules, the verdict map) by ``nft -f``, which is rare: a service added or removed.
+verdicts are not validated. Element changes are sent over netlink
+(:mod:`meshnet.ipvs.nftnl`); everything else (tables, chains, rules, the verdict maps) by
+``nft -f``, which is rare: a service added or removed.
+
+Why 16 tables: nf_tables finds a set by name by walking the list of its table's sets
+(and a table by walking the list of tables), one cache miss or two per entry. With 1,000
+services in one table, that walk was most of what a change cost more than at 100; with
+16 buckets it is ~1/16 of it. The price: a new connection's first packet looks up one
+verdict map per non-empty bucket (16 hash lookups at most), still far below the
+iptables backend's linear dispatch chain.
 
 A service without a healthy backend keeps its (empty) map: the lookup fails, nothing is
 DNATed, and the sandbox, which owns the VIP, refuses the connection at once (as the
 iptables backend). Every chain's last rule carries ``comment "mn:<digest>"`` of the
-chain's content; an agent restart reads the table back (``nft -j list table``) and
+chain's content; an agent restart reads the tables back (``nft -j list ruleset``) and
 adopts what matches. The host namespace's rules (published ports) stay iptables: they
 must pass a FORWARD chain whose policy Docker sets to DROP, which only an iptables rule
 can (an accept in another table does not override a drop).
@@ -41,7 +49,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshnet.ipvs.nftnl import Elem, SetChange, addr_pair, ranges_elems
+from meshnet.ipvs.nftnl import Elem, SetChange, addr_pair, chunked, ranges_elems
 from meshnet.ipvs.state import (
     INGRESS_SANDBOX_IFNAME,
     LbConfig,
@@ -51,13 +59,24 @@ from meshnet.ipvs.state import (
     short_hash,
 )
 
-TABLE = "meshnet_lb"
+TABLE = "meshnet_lb"  #: the main table; the buckets are TABLE_0 .. TABLE_f
+BUCKETS = 16
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 SPAN = 1 << 16  #: backends split [0, SPAN) of a random (or source-hash) number
 DIGEST_TAG = "mn:"
 PATCH_FRACTION = 8  #: patch the last render when fewer than 1/8 of the services changed
 HASH_SEED = 0x6D6E  #: jhash seed for --affinity client-ip (fixed: the same on every host)
 
 Range = tuple[int, int, str, int]  #: lo, hi, backend ip, backend port
+
+
+def bucket(name: str) -> int:
+    """The bucket table of a service (its name is base32 of a hash: uniform)."""
+    return _B32.find(name[0]) % BUCKETS
+
+
+def table_of(k: int) -> str:
+    return f"{TABLE}_{k:x}"
 
 
 def split(n: int) -> list[tuple[int, int]]:
@@ -87,18 +106,26 @@ class NftService:
     def map(self) -> str:
         return f"be_{self.name}"
 
+    @property
+    def table(self) -> str:
+        return table_of(bucket(self.name))
+
 
 @dataclass(frozen=True)
 class NftSandbox:
-    """The table of one sandbox (wanted, or read back)."""
+    """The tables of one sandbox (wanted, or read back)."""
 
-    digest: str | None  #: of the base chains; None: missing (observed)
+    digest: str | None  #: of the main table's chain; None: missing (observed)
     services: Mapping[str, NftService]
     hairpin: frozenset[str] = frozenset()
-    #: the base chains' rules (wanted only; ``digest`` stands for them)
-    prerouting: tuple[str, ...] = field(default=(), compare=False)
+    #: bucket tables there (observed: complete ones) or needed (wanted: non-empty)
+    buckets: frozenset[int] = frozenset()
+    #: every table of this backend there (observed) or wanted
+    tables: frozenset[str] = frozenset()
+    #: the postrouting rules (wanted only; ``digest`` stands for them)
     postrouting: tuple[str, ...] = field(default=(), compare=False)
-    stray: tuple[tuple[str, str, int], ...] = ()  #: dispatch keys with no service (observed)
+    #: (bucket, dispatch key) of dispatch elements with no service (observed)
+    stray: tuple[tuple[int, tuple[str, str, int]], ...] = ()
     #: a hint, not part of the value: equal to ``base()`` but for the services named in
     #: ``touched`` (and perhaps the base chains and hairpin set, always compared)
     base: weakref.ref | None = field(default=None, compare=False, repr=False)
@@ -130,15 +157,85 @@ def render_service(ns: str, vs: VirtualService, ingress: bool, cfg: LbConfig) ->
     return NftService(name, str(vs.vip), vs.protocol, vs.port, digest, ranges, rules)
 
 
-def _base(sb: SandboxLb, cfg: LbConfig) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+def _base(sb: SandboxLb, cfg: LbConfig) -> tuple[tuple[str, ...], str]:
     m = cfg.masq_mark
     snat = f"snat ip to {sb.lb_ip}" if sb.lb_ip is not None else "masquerade"
-    pre = ["ip daddr . meta l4proto . th dport vmap @services"]
     post = ["ip saddr . ip daddr @hairpin masquerade",
             f"meta mark & 0x{m:x} == 0x{m:x} meta mark set meta mark & 0x{~m & 0xFFFFFFFF:x} "
             + snat]
-    d = short_hash(TABLE, *pre, *post)
-    return (*pre[:-1], f'{pre[-1]} comment "{DIGEST_TAG}{d}"'), tuple(post), d
+    d = short_hash(TABLE, *post)
+    return (*post[:-1], f'{post[-1]} comment "{DIGEST_TAG}{d}"'), d
+
+
+#: every bucket table's dispatch rule (the same in all of them)
+DISPATCH = "ip daddr . meta l4proto . th dport vmap @services"
+DISPATCH_DIGEST = short_hash(TABLE, "bucket", DISPATCH)
+
+
+class Buckets(Mapping[str, NftService]):
+    """Services by name, kept per bucket table (:func:`bucket`). Immutable; a
+    :meth:`patched` copy shares all but the buckets it changes, so a one-service change
+    copies ~n/16 entries, not n (copying a dict touches every entry's object: cache misses
+    that grow with the number of services)."""
+
+    WIDTH = BUCKETS
+
+    def __init__(self, items: Mapping[str, NftService] | None = None,
+                 _buckets: tuple[dict[str, NftService], ...] | None = None,
+                 _size: int = 0) -> None:
+        if _buckets is None:
+            bs: list[dict[str, NftService]] = [{} for _ in range(self.WIDTH)]
+            for k, v in (items or {}).items():
+                bs[bucket(k)][k] = v
+            self._b = tuple(bs)
+            self._n = sum(len(b) for b in bs)
+        else:
+            self._b, self._n = _buckets, _size
+
+    def __getitem__(self, key: str) -> NftService:
+        return self._b[bucket(key)][key]
+
+    def get(self, key, default=None):  # type: ignore[override] - the fast path
+        return self._b[bucket(key)].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._b[bucket(key)]
+
+    def __iter__(self):
+        for b in self._b:
+            yield from b
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"Buckets({dict(self)!r})"
+
+    def patched(self, drop: Iterable[str], put: Iterable[NftService]) -> Buckets:
+        bs = list(self._b)
+        copied: set[int] = set()
+        n = self._n
+
+        def own(key: str) -> dict[str, NftService]:  # this copy's bucket of key
+            i = bucket(key)
+            if i not in copied:
+                bs[i] = dict(bs[i])
+                copied.add(i)
+            return bs[i]
+
+        for k in drop:
+            if k in bs[bucket(k)]:
+                del own(k)[k]
+                n -= 1
+        for v in put:
+            b = own(v.name)
+            n += v.name not in b
+            b[v.name] = v
+        return Buckets(_buckets=tuple(bs), _size=n)
+
+    def used(self) -> frozenset[int]:
+        """The buckets that hold a service."""
+        return frozenset(i for i, b in enumerate(self._b) if b)
 
 
 class NftMemo:
@@ -170,7 +267,8 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
             changed = None
     if changed is not None and out is not None and prev is not None \
             and (prev.ingress, prev.lb_ip) == (sb.ingress, sb.lb_ip):
-        services = dict(out.services)
+        drop: list[str] = []
+        put: list[NftService] = []
         touched = set()
         hairpin = out.hairpin
         local_changed = False
@@ -178,7 +276,7 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
             old, vs = prev.services[i], sb.services[i]
             hit = memo.by_id.pop(id(old), None)
             if hit is not None and hit[0] is old:
-                services.pop(hit[1].name, None)
+                drop.append(hit[1].name)
                 touched.add(hit[1].name)
             if any(b.local for b in old.backends) or any(b.local for b in vs.backends):
                 ips = {str(b.ip) for b in (*old.backends, *vs.backends) if b.local}
@@ -188,13 +286,19 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
                 local_changed = local_changed or was != {ip for ip in ips if ip in memo.pins}
             if vs.vip.version == 4:
                 made = render_service(sb.ns, vs, sb.ingress, cfg)
-                services[made.name] = made
+                put.append(made)
                 memo.by_id[id(vs)] = (vs, made)
                 touched.add(made.name)
         if local_changed:
             hairpin = frozenset(ip for ip, n in memo.pins.items() if n > 0)
+        base = out.services if isinstance(out.services, Buckets) else Buckets(out.services)
+        services = base.patched(drop, put)
+        buckets = out.buckets
+        if any(bool(services._b[i]) != (i in buckets) for i in {bucket(n) for n in touched}):
+            buckets = services.used()
         result: NftSandbox | None = NftSandbox(
-            out.digest, services, hairpin, out.prerouting, out.postrouting,
+            out.digest, services, hairpin, buckets,
+            out.tables if buckets is out.buckets else _tables(buckets), out.postrouting,
             base=weakref.ref(out), touched=frozenset(touched)) if services else None
     else:
         by_id = {}
@@ -213,11 +317,18 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
         memo.pins = {}
         for vs in sb.services:
             _count(memo.pins, vs, 1)
-        pre, post, digest = _base(sb, cfg)
+        post, digest = _base(sb, cfg)
         hairpin = frozenset(ip for ip, n in memo.pins.items() if n > 0)
-        result = NftSandbox(digest, services, hairpin, pre, post) if services else None
+        made_all = Buckets(services)
+        used = made_all.used()
+        result = NftSandbox(digest, made_all, hairpin, used, _tables(used), post) \
+            if services else None
     memo.sb, memo.out = sb, result
     return result
+
+
+def _tables(buckets: frozenset[int]) -> frozenset[str]:
+    return frozenset({TABLE} | {table_of(k) for k in buckets})
 
 
 def _count(pins: dict[str, int], vs: VirtualService, step: int) -> None:
@@ -251,63 +362,80 @@ def render(state: LbState, cfg: LbConfig, memo: dict[str, NftMemo] | None = None
     return out
 
 
-# --- reading a table back --------------------------------------------------------------
+# --- reading the tables back ------------------------------------------------------------
 
 
-def parse_table(text: str) -> NftSandbox | None:
-    """``nft -j list table ip meshnet_lb`` -> what is there (None: no table). Whatever
-    does not look like ours is left out (so it is rewritten)."""
+def ours(table: str) -> bool:
+    """A table this backend owns: the main one or a bucket."""
+    return table == TABLE or (table.startswith(f"{TABLE}_") and len(table) == len(TABLE) + 2
+                              and table[-1] in "0123456789abcdef")
+
+
+def parse_ruleset(text: str) -> NftSandbox | None:
+    """``nft -j list ruleset`` -> what this backend has there (None: none of its tables).
+    Whatever does not look like ours is left out (so it is rewritten); other tables are
+    ignored."""
     objs = [o for o in json.loads(text).get("nftables", []) if isinstance(o, dict)]
-    if not any("table" in o for o in objs):
+    tables = {o["table"]["name"] for o in objs if "table" in o
+              and o["table"].get("family", "ip") == "ip" and ours(o["table"]["name"])}
+    if not tables:
         return None
-    chains: set[str] = set()
-    digests: dict[str, str] = {}
+    chains: set[tuple[str, str]] = set()
+    digests: dict[tuple[str, str], str] = {}
     maps: dict[str, tuple[Range, ...]] = {}
     protos: dict[str, str] = {}
-    dispatch: dict[tuple[str, str, int], str] = {}
+    dispatch: dict[tuple[str, str, int], tuple[str, str]] = {}  #: key -> (table, target)
+    sets: set[tuple[str, str]] = set()
     hairpin: set[str] = set()
-    base_ok = {"prerouting": False, "postrouting": False, "services": False, "hairpin": False}
     for o in objs:
-        if "chain" in o:
-            chains.add(o["chain"]["name"])
-            if o["chain"]["name"] in ("prerouting", "postrouting"):
-                base_ok[o["chain"]["name"]] = True
-        elif "rule" in o:
-            r = o["rule"]
-            c = str(r.get("comment", ""))
+        kind = next((k for k in ("chain", "rule", "map", "set") if k in o), None)
+        if kind is None or o[kind].get("table") not in tables \
+                or o[kind].get("family", "ip") != "ip":
+            continue
+        body, table = o[kind], o[kind]["table"]
+        if kind == "chain":
+            chains.add((table, body["name"]))
+        elif kind == "rule":
+            c = str(body.get("comment", ""))
             if c.startswith(DIGEST_TAG):
-                digests[r["chain"]] = c[len(DIGEST_TAG):]
-        elif "map" in o or "set" in o:
-            s = o.get("map") or o.get("set")
-            name = s["name"]
-            if name in base_ok:
-                base_ok[name] = True
-            elems = s.get("elem", [])
-            if name == "services":
-                for e in elems:
-                    key, verdict = e
+                digests[(table, body["chain"])] = c[len(DIGEST_TAG):]
+        else:
+            name = body["name"]
+            sets.add((table, name))
+            elems = body.get("elem", [])
+            if name == "services" and table != TABLE:
+                for key, verdict in elems:
                     vip, proto, port = key["concat"]
                     target = (verdict.get("goto") or {}).get("target", "")
-                    dispatch[(vip, proto, int(port))] = target
-            elif name == "hairpin":
+                    dispatch[(vip, proto, int(port))] = (table, target)
+            elif name == "hairpin" and table == TABLE:
                 hairpin |= {e["concat"][0] for e in elems
                             if isinstance(e, dict) and len(set(e["concat"])) == 1}
-            elif name.startswith("be_"):
+            elif name.startswith("be_") and table == table_of(bucket(name[3:])):
                 maps[name[3:]] = tuple(sorted(_range(e) for e in elems))
-                protos[name[3:]] = _map_proto(s)
-    names = {c[4:] for c in chains if c.startswith("svc_")} | set(maps)
+                protos[name[3:]] = _map_proto(body)
+    names = {c[4:] for t, c in chains if c.startswith("svc_") and t == table_of(bucket(c[4:]))}
+    names |= set(maps)
     by_target = {t: k for k, t in dispatch.items()}
     services = {}
     for n in names:
-        key = by_target.get(f"svc_{n}")
+        where = (table_of(bucket(n)), f"svc_{n}")
+        key = by_target.get(where)
         services[n] = NftService(
             n, key[0] if key else None, key[1] if key else protos.get(n, ""),
-            key[2] if key else 0,
-            digests.get(f"svc_{n}", "") if f"svc_{n}" in chains else None, maps.get(n))
-    stray = tuple(sorted(k for k, t in dispatch.items()
-                         if not t.startswith("svc_") or t[4:] not in services))
-    base = digests.get("prerouting") if all(base_ok.values()) else None
-    return NftSandbox(base, services, frozenset(hairpin), stray=stray)
+            key[2] if key else 0, digests.get(where, "") if where in chains else None,
+            maps.get(n))
+    def proper(t: str, c: str) -> bool:  # a goto to a service's chain in its own table
+        return c.startswith("svc_") and c[4:] in services and t == table_of(bucket(c[4:]))
+    stray = tuple(sorted((int(t[-1], 16), k) for k, (t, c) in dispatch.items()
+                         if not proper(t, c)))
+    buckets = frozenset(
+        k for k in range(BUCKETS) if (table_of(k), "services") in sets
+        and digests.get((table_of(k), "prerouting")) == DISPATCH_DIGEST)
+    main = TABLE in tables and (TABLE, "hairpin") in sets
+    digest = digests.get((TABLE, "postrouting")) if main else None
+    return NftSandbox(digest, Buckets(services), frozenset(hairpin), buckets,
+                      frozenset(tables), stray=stray)
 
 
 def _range(e) -> Range:
@@ -338,7 +466,7 @@ class NftOp:
 
 
 def _map_decl(s: NftService) -> str:
-    return (f"add map ip {TABLE} {s.map} {{ typeof numgen random mod {SPAN} : "
+    return (f"add map ip {s.table} {s.map} {{ typeof numgen random mod {SPAN} : "
             f"ip daddr . {s.proto} dport; flags interval; }}")
 
 
@@ -347,56 +475,68 @@ def plan_sandbox(ns: str, want: NftSandbox | None, have: NftSandbox | None,
     """When ``have`` is a render this backend applied (the kernel holds exactly it) and
     ``want`` was patched from it (``want.base``), only the touched services are compared:
     one backend change looks at one service, not 1,000."""
+    hb = have.buckets if have is not None else frozenset()
     if want is None:
-        return NftOp(ns, f"delete table ip {TABLE}\n") if have is not None else None
+        if have is None or not have.tables:
+            return None
+        return NftOp(ns, "".join(f"delete table ip {t}\n" for t in sorted(have.tables)))
     hs = have.services if have is not None else {}
     base = want.base() if want.base is not None else None
     if not full and base is not None and base is have:
         names: Iterable[str] = sorted(want.touched)
     else:
         names = sorted(set(want.services) | set(hs))
-    head: list[str] = [f"add table ip {TABLE}"]
+    head: list[str] = []
     if have is None or full or have.digest != want.digest:
-        head += _skeleton(want)
-    undispatch: list[str] = [f"delete element ip {TABLE} services {{ {_key(k)} }}"
-                             for k in (have.stray if have is not None else ())]
+        head += _main(want)
+    new_buckets = sorted(want.buckets if full else want.buckets - hb)
+    for k in new_buckets:
+        head += _bucket(k)
+    gone = set(have.tables - want.tables) if have is not None else set()
+    undispatch: list[str] = [f"delete element ip {table_of(k)} services {{ {_key(key)} }}"
+                             for k, key in (have.stray if have is not None else ())
+                             if table_of(k) not in gone]
     make: list[str] = []
     dispatch: list[str] = []
     drop: list[str] = []
     elements: list[SetChange] = []
     for name in names:
         w, h = want.services.get(name), hs.get(name)
+        t = table_of(bucket(name))
+        if t in gone:  # the whole bucket table goes: nothing in it to undo one by one
+            continue
         if h is not None and h.vip is not None and (w is None or (h.vip, h.proto, h.port) != (
                 w.vip, w.proto, w.port)):
-            undispatch.append(f"delete element ip {TABLE} services "
+            undispatch.append(f"delete element ip {t} services "
                               f"{{ {_key((h.vip, h.proto, h.port))} }}")
         if w is None:
             if h is not None and h.digest is not None:
-                drop += [f"flush chain ip {TABLE} {h.chain}", f"delete chain ip {TABLE} {h.chain}"]
+                drop += [f"flush chain ip {t} {h.chain}", f"delete chain ip {t} {h.chain}"]
             if h is not None and h.ranges is not None:
-                drop.append(f"delete map ip {TABLE} {h.map}")
+                drop.append(f"delete map ip {t} {h.map}")
             continue
         if h is None or h.ranges is None:
             make.append(_map_decl(w))
         if full or h is None or h.digest != w.digest:
-            make += [f"add chain ip {TABLE} {w.chain}", f"flush chain ip {TABLE} {w.chain}"]
-            make += [f"add rule ip {TABLE} {w.chain} {r}" for r in w.rules]
+            make += [f"add chain ip {t} {w.chain}", f"flush chain ip {t} {w.chain}"]
+            make += [f"add rule ip {t} {w.chain} {r}" for r in w.rules]
         if h is None or h.vip is None or (h.vip, h.proto, h.port) != (w.vip, w.proto, w.port):
-            dispatch.append(f"add element ip {TABLE} services "
+            dispatch.append(f"add element ip {t} services "
                             f"{{ {_key((w.vip, w.proto, w.port))} : goto {w.chain} }}")
         old = h.ranges if h is not None and h.ranges is not None else ()
         if old != w.ranges:
-            elements.append(SetChange(w.map, ranges_elems(old), ranges_elems(w.ranges or ())))
+            elements.append(SetChange(w.map, ranges_elems(old), ranges_elems(w.ranges or ()),
+                                      table=t))
     h_pin = have.hairpin if have is not None else frozenset()
     if h_pin != want.hairpin:
         elements.append(SetChange(
-            "hairpin", tuple(Elem(addr_pair(a, a)).encode() for a in sorted(h_pin - want.hairpin)),
-            tuple(Elem(addr_pair(a, a)).encode() for a in sorted(want.hairpin - h_pin))))
-    body = undispatch + make + dispatch + drop
-    if len(head) > 1 or body:
-        script = "\n".join(head + body) + "\n"
-    else:
-        script = ""
+            "hairpin",
+            chunked([Elem(addr_pair(a, a)).encode() for a in sorted(h_pin - want.hairpin)]),
+            chunked([Elem(addr_pair(a, a)).encode() for a in sorted(want.hairpin - h_pin)]),
+            table=TABLE))
+    body = head + undispatch + make + dispatch + drop + [
+        f"delete table ip {t}" for t in sorted(gone)]
+    script = "\n".join(body) + "\n" if body else ""
     if not script and not elements:
         return None
     return NftOp(ns, script, tuple(elements))
@@ -406,14 +546,21 @@ def _key(k: tuple[str | None, str, int]) -> str:
     return f"{k[0]} . {k[1]} . {k[2]}"
 
 
-def _skeleton(t: NftSandbox) -> list[str]:
-    out = [f"add map ip {TABLE} services {{ type ipv4_addr . inet_proto . inet_service : "
-           "verdict; }",
-           f"add set ip {TABLE} hairpin {{ type ipv4_addr . ipv4_addr; }}"]
-    for name, hook, prio, rules in (("prerouting", "prerouting", "dstnat", t.prerouting),
-                                    ("postrouting", "postrouting", "srcnat", t.postrouting)):
-        out += [f"add chain ip {TABLE} {name} {{ type nat hook {hook} priority {prio}; "
-                "policy accept; }",
-                f"flush chain ip {TABLE} {name}"]
-        out += [f"add rule ip {TABLE} {name} {r}" for r in rules]
-    return out
+def _main(t: NftSandbox) -> list[str]:
+    out = [f"add table ip {TABLE}",
+           f"add set ip {TABLE} hairpin {{ type ipv4_addr . ipv4_addr; }}",
+           f"add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; "
+           "policy accept; }",
+           f"flush chain ip {TABLE} postrouting"]
+    return out + [f"add rule ip {TABLE} postrouting {r}" for r in t.postrouting]
+
+
+def _bucket(k: int) -> list[str]:
+    t = table_of(k)
+    return [f"add table ip {t}",
+            f"add map ip {t} services {{ type ipv4_addr . inet_proto . inet_service : "
+            "verdict; }",
+            f"add chain ip {t} prerouting {{ type nat hook prerouting priority dstnat; "
+            "policy accept; }",
+            f"flush chain ip {t} prerouting",
+            f'add rule ip {t} prerouting {DISPATCH} comment "{DIGEST_TAG}{DISPATCH_DIGEST}"']

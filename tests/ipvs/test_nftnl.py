@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnet.ipvs import nftnl
-from meshnet.ipvs.nftnl import Elem, SetChange, acks, addr_port, batch, ranges_elems
+from meshnet.ipvs.nftnl import (
+    Elem,
+    SetChange,
+    acks,
+    addr_port,
+    batch,
+    chunked,
+    ranges_elems,
+)
 
 
 def messages(buf: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -51,10 +59,10 @@ def test_element_encoding_matches_the_netlink_layout():
 
 
 def test_ranges_are_a_start_and_an_end_marker_each():
-    els = ranges_elems([(0, 32767, "10.0.0.1", 80), (32768, 65535, "10.0.0.2", 80)])
+    (chunk,) = ranges_elems([(0, 32767, "10.0.0.1", 80), (32768, 65535, "10.0.0.2", 80)])
     keys = []
-    for e in els:
-        inner = dict(attrs(attrs(e)[0][1]))
+    for _, e in attrs(chunk):
+        inner = dict(attrs(e))
         key = inner[nftnl.NFTA_SET_ELEM_KEY | nftnl.NLA_F_NESTED][4:]
         keys.append((int.from_bytes(key, "big"), nftnl.NFTA_SET_ELEM_FLAGS in inner))
     assert keys == [(0, False), (32768, True), (32768, False), (65536, True)]
@@ -82,8 +90,8 @@ def test_batch_frames_deletes_before_adds_and_acks_the_last_only():
 
 
 def test_batch_chunks_large_element_lists():
-    many = tuple(Elem(nftnl.u32(i), addr_port("10.0.0.1", 80)).encode() for i in range(600))
-    msgs = messages(batch("t", [SetChange("s", add=many)], 1)[0])
+    many = [Elem(nftnl.u32(i), addr_port("10.0.0.1", 80)).encode() for i in range(600)]
+    msgs = messages(batch("t", [SetChange("s", add=chunked(many))], 1)[0])
     per = [len(attrs(dict(attrs(p[4:]))[nftnl.NFTA_SET_ELEM_LIST_ELEMENTS
                                        | nftnl.NLA_F_NESTED])) for _, _, _, p in msgs[1:-1]]
     assert per == [nftnl.CHUNK, nftnl.CHUNK, 600 - 2 * nftnl.CHUNK]

@@ -12,15 +12,20 @@ from hypothesis import strategies as st
 from meshnet.ipvs.incremental import IncrementalPlanner
 from meshnet.ipvs.iptables import Observed
 from meshnet.ipvs.nftables import NftBackend, NftObserved
+from meshnet.ipvs.nftnl import ranges_elems
 from meshnet.ipvs.nftrules import (
+    DISPATCH_DIGEST,
     SPAN,
     TABLE,
+    Buckets,
     NftMemo,
     NftSandbox,
-    parse_table,
+    NftService,
+    parse_ruleset,
     plan_sandbox,
     render,
     split,
+    table_of,
 )
 from meshnet.ipvs.planner import desired
 from meshnet.ipvs.rules import HOST, Jump
@@ -100,12 +105,16 @@ def test_plan_from_nothing_then_nothing_to_do():
     t = render(state(), CFG)[SB]
     op = plan_sandbox(SB, t, None)
     assert op is not None and op.script.startswith(f"add table ip {TABLE}\n")
-    assert "vmap @services" in op.script and "add map ip meshnet_lb be_" in op.script
-    assert "goto svc_" in op.script
+    (svc_,) = t.services.values()
+    assert t.tables == {TABLE, svc_.table} and svc_.table.startswith(f"{TABLE}_")
+    assert f"add table ip {svc_.table}" in op.script and "vmap @services" in op.script
+    assert f"add map ip {svc_.table} {svc_.map}" in op.script
+    assert f"goto {svc_.chain}" in op.script
     assert [c.name for c in op.elements] == [s.map for s in t.services.values()] + [
         "hairpin"]  # a local task: hairpin masquerade
     assert plan_sandbox(SB, t, t) is None  # applied: the kernel holds exactly this
-    assert plan_sandbox(SB, None, t).script == f"delete table ip {TABLE}\n"
+    assert plan_sandbox(SB, None, t).script == "".join(
+        f"delete table ip {x}\n" for x in sorted(t.tables))
     assert plan_sandbox(SB, None, None) is None
 
 
@@ -138,42 +147,74 @@ def test_removed_service_takes_its_dispatch_chain_and_map():
     op = plan_sandbox(SB, after, before)
     gone = next(s for s in before.services.values() if s.vip == "10.0.0.101")
     lines = op.script.splitlines()
-    assert f"delete element ip {TABLE} services {{ 10.0.0.101 . tcp . 80 }}" in lines
-    assert lines.index(f"delete chain ip {TABLE} {gone.chain}") > lines.index(
-        f"delete element ip {TABLE} services {{ 10.0.0.101 . tcp . 80 }}")
-    assert f"delete map ip {TABLE} {gone.map}" in lines
+    if gone.table in after.tables:  # its bucket stays: the service goes piece by piece
+        undo = f"delete element ip {gone.table} services {{ 10.0.0.101 . tcp . 80 }}"
+        assert undo in lines
+        assert lines.index(f"delete chain ip {gone.table} {gone.chain}") > lines.index(undo)
+        assert f"delete map ip {gone.table} {gone.map}" in lines
+    else:  # its bucket table is left empty: the table goes, with all of it
+        assert lines == [f"delete table ip {gone.table}"]
     assert op.elements == ()  # a deleted map takes its elements along
 
 
+def test_a_bucket_keeps_its_table_while_another_service_is_in_it():
+    names = {f"s{i}": svc(f"s{i}", vip=f"10.0.0.{100 + i}") for i in range(40)}
+    eps = [task(f"10.0.0.{2 + i}", "h1", f"s{i}") for i in range(40)]
+    full = render(state(names, eps), CFG)[SB]
+    by_bucket: dict[str, list] = {}
+    for x in full.services.values():
+        by_bucket.setdefault(x.table, []).append(x)
+    table, two = next((k, v) for k, v in by_bucket.items() if len(v) >= 2)
+    keep = {n: v for n, v in names.items() if n != "s0"}
+    victim = next(n for n, v in names.items()
+                  if str(v.vip) == two[0].vip)
+    keep = {n: v for n, v in names.items() if n != victim}
+    after = render(state(keep, [e for e in eps if e.service != victim]), CFG)[SB]
+    op = plan_sandbox(SB, after, full)
+    assert f"delete chain ip {table} {two[0].chain}" in op.script
+    assert f"delete table ip {table}" not in op.script
+
+
 def as_json(t: NftSandbox) -> str:
-    """The table as ``nft -j list table`` prints it (format taken from nft 1.0.6)."""
+    """The tables as ``nft -j list ruleset`` prints them (format taken from nft 1.0.6),
+    with a table of somebody else's."""
     objs: list[dict] = [{"metainfo": {"version": "1.0.6"}},
-                        {"table": {"family": "ip", "name": TABLE}}]
-    objs.append({"map": {"name": "services", "table": TABLE, "map": "verdict", "elem": [
-        [{"concat": [s.vip, s.proto, s.port]}, {"goto": {"target": s.chain}}]
-        for s in t.services.values()]}})
-    objs.append({"set": {"name": "hairpin", "table": TABLE,
-                         "elem": [{"concat": [a, a]} for a in sorted(t.hairpin)]}})
-    for s in t.services.values():
-        objs.append({"map": {"name": s.map, "table": TABLE, "type": "integer",
-                             "map": "ipv4_addr . inet_service", "flags": ["interval"],
-                             "elem": [[{"range": [lo, hi]}, {"concat": [ip, p]}]
-                                      for lo, hi, ip, p in s.ranges]}})
-        objs.append({"chain": {"table": TABLE, "name": s.chain}})
-        objs.append({"rule": {"table": TABLE, "chain": s.chain,
-                              "comment": f"mn:{s.digest}", "expr": []}})
-    for name in ("prerouting", "postrouting"):
-        objs.append({"chain": {"table": TABLE, "name": name, "type": "nat"}})
-    objs.append({"rule": {"table": TABLE, "chain": "prerouting", "comment": f"mn:{t.digest}"}})
+                        {"table": {"family": "ip", "name": "nat"}},
+                        {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING"}},
+                        {"table": {"family": "ip", "name": TABLE}},
+                        {"set": {"family": "ip", "name": "hairpin", "table": TABLE,
+                                 "elem": [{"concat": [a, a]} for a in sorted(t.hairpin)]}},
+                        {"chain": {"family": "ip", "table": TABLE, "name": "postrouting"}},
+                        {"rule": {"family": "ip", "table": TABLE, "chain": "postrouting",
+                                  "comment": f"mn:{t.digest}"}}]
+    for k in sorted(t.buckets):
+        b = table_of(k)
+        mine = [s for s in t.services.values() if s.table == b]
+        objs += [{"table": {"family": "ip", "name": b}},
+                 {"map": {"family": "ip", "name": "services", "table": b, "map": "verdict",
+                          "elem": [[{"concat": [s.vip, s.proto, s.port]},
+                                    {"goto": {"target": s.chain}}] for s in mine]}},
+                 {"chain": {"family": "ip", "table": b, "name": "prerouting", "type": "nat"}},
+                 {"rule": {"family": "ip", "table": b, "chain": "prerouting",
+                           "comment": f"mn:{DISPATCH_DIGEST}"}}]
+        for s in mine:
+            objs.append({"map": {"family": "ip", "name": s.map, "table": b,
+                                 "type": "integer", "map": "ipv4_addr . inet_service",
+                                 "flags": ["interval"],
+                                 "elem": [[{"range": [lo, hi]}, {"concat": [ip, p]}]
+                                          for lo, hi, ip, p in s.ranges]}})
+            objs.append({"chain": {"family": "ip", "table": b, "name": s.chain}})
+            objs.append({"rule": {"family": "ip", "table": b, "chain": s.chain,
+                                  "comment": f"mn:{s.digest}", "expr": []}})
     return json.dumps({"nftables": objs})
 
 
 def test_a_table_read_back_is_adopted_and_damage_is_repaired():
     t = render(state(pubs=[pub(8080, 80, "web")]), CFG)[SB]
-    seen = parse_table(as_json(t))
+    seen = parse_ruleset(as_json(t))
     assert seen is not None and seen == NftSandbox(t.digest, {
         n: type(s)(s.name, s.vip, s.proto, s.port, s.digest, s.ranges)
-        for n, s in t.services.items()}, t.hairpin)
+        for n, s in t.services.items()}, t.hairpin, t.buckets, t.tables)
     assert plan_sandbox(SB, t, seen) is None  # a restart changes nothing
     # a range lost, a stray dispatch element, a hairpin element too many
     data = json.loads(as_json(t))
@@ -183,15 +224,16 @@ def test_a_table_read_back_is_adopted_and_damage_is_repaired():
         if "map" in o and o["map"]["name"] == "services":
             o["map"]["elem"].append([{"concat": ["10.0.0.9", "tcp", 1]},
                                      {"goto": {"target": "svc_GONE"}}])
+            stray_table = o["map"]["table"]
         if "set" in o:
             o["set"]["elem"].append({"concat": ["10.0.0.77", "10.0.0.77"]})
-    op = plan_sandbox(SB, t, parse_table(json.dumps(data)))
-    assert f"delete element ip {TABLE} services {{ 10.0.0.9 . tcp . 1 }}" in op.script
+    op = plan_sandbox(SB, t, parse_ruleset(json.dumps(data)))
+    assert f"delete element ip {stray_table} services {{ 10.0.0.9 . tcp . 1 }}" in op.script
     fixed = {c.name: c for c in op.elements}
     svc_map = next(iter(t.services.values())).map
-    assert len(fixed[svc_map].add) == 2 * len(next(iter(t.services.values())).ranges)
+    assert fixed[svc_map].add == ranges_elems(next(iter(t.services.values())).ranges)
     assert fixed["hairpin"].delete and not fixed["hairpin"].add
-    assert parse_table(json.dumps({"nftables": [{"metainfo": {}}]})) is None
+    assert parse_ruleset(json.dumps({"nftables": [{"metainfo": {}}]})) is None
 
 
 def test_base_chains_are_rewritten_when_the_lb_address_changes():
@@ -215,8 +257,8 @@ class FakeNft:
     def elements(self, ns, changes):
         self.elements_sent.append((ns, tuple(changes)))
 
-    def list_table(self, ns):
-        return None
+    def list_ruleset(self, ns):
+        return '{"nftables": []}'
 
     def forget(self, keep):
         pass
@@ -271,3 +313,19 @@ def test_patched_renders_equal_fresh_ones(steps):
         planner.change("endpoints", pool[i].key, pool[i] if present else None)
         now = planner.state(LB_IPS, ())
         assert render(now, CFG, memo) == render(now, CFG)
+
+
+@given(st.dictionaries(st.text("ABCDEFGH", min_size=1, max_size=3), st.integers(0, 9)),
+       st.lists(st.text("ABCDEFGH", min_size=1, max_size=3)),
+       st.dictionaries(st.text("ABCDEFGH", min_size=1, max_size=3), st.integers(0, 9)))
+def test_buckets_patch_like_a_dict_and_share_the_rest(start, drop, put):
+    def svc_(name, port):
+        return NftService(name, "10.0.0.1", "tcp", port, "d", ())
+    b = Buckets({k: svc_(k, v) for k, v in start.items()})
+    after = b.patched(drop, [svc_(k, v) for k, v in put.items()])
+    want = {k: svc_(k, v) for k, v in start.items() if k not in drop}
+    want.update({k: svc_(k, v) for k, v in put.items()})
+    assert dict(after) == want and len(after) == len(want) and after == want
+    assert dict(b) == {k: svc_(k, v) for k, v in start.items()}  # the original is unchanged
+    assert sum(x is y for x, y in zip(b._b, after._b, strict=True)) >= Buckets.WIDTH - len(
+        set(drop) | set(put))
