@@ -84,6 +84,26 @@ def tables(n: int, drop: int = -1):
     return {"a": net}, services, eps
 
 
+def _store(n: int) -> tuple[Store, Endpoint]:
+    """An in-memory store with the tables of ``n`` services, and the task that changes (a
+    task of s0 on h3: remote)."""
+    nets, services, eps = tables(n)
+    store = Store(LocalTables("h0"))
+    for table, rows in (("networks", nets.values()), ("services", services.values()),
+                        ("endpoints", eps)):
+        for row in rows:
+            store.put(table, row.key if table == "endpoints" else row.name, row, 0)
+    return store, next(e for e in eps if e.name == "t0-3")
+
+
+def _flip(store: Store, task: Endpoint, change: str) -> None:
+    """The task goes ("delete") or comes back ("put"): one row, as gossip would write it."""
+    if change == "delete":
+        store.delete("endpoints", task.key, 0)
+    else:
+        store.put("endpoints", task.key, task, 0)
+
+
 def _plain_restore(ns: str, text: str) -> float:
     t0 = time.perf_counter()
     netns.run_cmd(ns, ["iptables-restore", "--noflush"], input=text, text=True, check=True)
@@ -128,13 +148,7 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
                 restoring[0] += time.perf_counter() - t
         runner.restore = timed_restore  # type: ignore[method-assign]
         be = IptablesBackend(runner)
-        nets, services, eps = tables(n)
-        store = Store(LocalTables("h0"))
-        for table, rows in (("networks", nets.values()), ("services", services.values()),
-                            ("endpoints", eps)):
-            for row in rows:
-                store.put(table, row.key if table == "endpoints" else row.name, row, 0)
-        gone = next(e for e in eps if e.name == "t0-3")  # a task of s0 on h3 (remote)
+        store, gone = _store(n)
         for _ in range(REPEAT):
             netns.create(sandbox)
             # full sync, as the agent's reconciler runs it on start: reload every row
@@ -160,10 +174,7 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
             for change in ("delete", "put"):
                 _quiet()
                 t0 = time.perf_counter()
-                if change == "delete":
-                    store.delete("endpoints", gone.key, 0)
-                else:
-                    store.put("endpoints", gone.key, gone, 0)
+                _flip(store, gone, change)
                 restoring[0] = 0.0
                 loop.run_until_complete(rec.sync(False))
                 net_key(rec.last_state)  # the agent's check that VIPs/routes are unchanged
@@ -233,13 +244,7 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
             made.append(host)
             be = NftBackend(CommandRunner(prefix, host_ns=host))
             be.nft.elements = _timed(be.nft.elements, out[n]["one_kernel"])  # type: ignore
-            nets, services, eps = tables(n)
-            store = Store(LocalTables("h0"))
-            for table, rows in (("networks", nets.values()), ("services", services.values()),
-                                ("endpoints", eps)):
-                for row in rows:
-                    store.put(table, row.key if table == "endpoints" else row.name, row, 0)
-            gone = next(e for e in eps if e.name == "t0-3")
+            store, gone = _store(n)
             setups.append((n, f"{prefix}ov-{VNI:06x}", prefix, be, store, gone))
         for _ in range(REPEAT):
             recs = []
@@ -258,10 +263,7 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
                 for (n, sandbox, _, _, store, gone), rec in zip(setups, recs, strict=True):
                     _quiet()
                     t0 = time.perf_counter()
-                    if change == "delete":
-                        store.delete("endpoints", gone.key, 0)
-                    else:
-                        store.put("endpoints", gone.key, gone, 0)
+                    _flip(store, gone, change)
                     loop.run_until_complete(rec.sync(False))
                     net_key(rec.last_state)
                     out[n]["one"].append(time.perf_counter() - t0)

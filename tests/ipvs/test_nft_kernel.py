@@ -5,6 +5,7 @@ elements, a refused transaction changes nothing, cleanup removes the table. Name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,13 +33,23 @@ def _list(ns: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def test_apply_observe_change_cleanup():
-    host = f"mn-nftdev-{os.getpid()}"
+@contextlib.contextmanager
+def _host_and_sandbox(tag: str):
+    """(prefix, host namespace, sandbox namespace), removed afterwards."""
+    host = f"mn-nftdev-{os.getpid()}{tag}"
     prefix = f"{host}-"
     sandbox = f"{prefix}ov-000100"
     try:
         netns.create(host)
         netns.create(sandbox)
+        yield prefix, host, sandbox
+    finally:
+        netns.remove(sandbox, kill=False)
+        netns.remove(host, kill=False)
+
+
+def test_apply_observe_change_cleanup():
+    with _host_and_sandbox("") as (prefix, host, sandbox):
         be = NftBackend(CommandRunner(prefix, host_ns=host))
         services = {"web": svc("web", affinity="client-ip"), "dns": svc(
             "dns", vip="10.0.0.101", ports=("53/udp", "53/tcp"))}
@@ -83,9 +94,6 @@ def test_apply_observe_change_cleanup():
         assert TABLE not in _list(sandbox)
         assert "MESHNET" not in subprocess.run(["ip", "netns", "exec", host, "iptables-save"],
                                                capture_output=True, text=True).stdout
-    finally:
-        netns.remove(sandbox, kill=False)
-        netns.remove(host, kill=False)
 
 
 def test_element_batches_are_atomic_and_follow_a_recreated_namespace():
@@ -123,12 +131,7 @@ def test_element_batches_are_atomic_and_follow_a_recreated_namespace():
 
 
 def test_iptables_backend_removes_what_an_nftables_run_left():
-    host = f"mn-nftdev-{os.getpid()}-s"
-    prefix = f"{host}-"
-    sandbox = f"{prefix}ov-000100"
-    try:
-        netns.create(host)
-        netns.create(sandbox)
+    with _host_and_sandbox("-s") as (prefix, host, sandbox):
         st = desired("h1", NETS, {"web": svc("web")}, [task("10.0.0.2", "h1", "web")], {},
                      [], prefix, LB_IPS)
         be = NftBackend(CommandRunner(prefix, host_ns=host))
@@ -148,6 +151,3 @@ def test_iptables_backend_removes_what_an_nftables_run_left():
             ["ip", "netns", "exec", sandbox, "iptables-save"], capture_output=True,
             text=True).stdout
         assert TABLE in _list(sandbox)
-    finally:
-        netns.remove(sandbox, kill=False)
-        netns.remove(host, kill=False)
