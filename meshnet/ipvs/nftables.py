@@ -12,7 +12,6 @@ them the backend trusts what it applied, as the iptables backend does.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshnet import netns
@@ -150,7 +149,8 @@ class NftBackend:
         return NftObserved(tables, rules), skipped + more
 
     def cleanup(self) -> list[str]:
-        """Remove the table in every sandbox, and every owned iptables chain."""
+        """Remove this backend's tables in every sandbox, and every owned iptables
+        chain."""
         removed = []
         for ns in self.runner.namespaces():
             if ns == HOST:
@@ -169,8 +169,3 @@ class NftBackend:
 
 def _reread(nft: NftRunner, ns: str) -> NftSandbox | None:
     return parse_ruleset(nft.list_ruleset(ns))
-
-
-def tables_of(rendered: Mapping[str, NftSandbox | None]) -> dict[str, NftSandbox]:
-    """What ``observe`` would see after ``rendered`` was applied."""
-    return {ns: t for ns, t in rendered.items() if t is not None}

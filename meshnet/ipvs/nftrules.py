@@ -293,12 +293,10 @@ def render_sandbox(sb: SandboxLb, cfg: LbConfig, memo: NftMemo | None = None
             hairpin = frozenset(ip for ip, n in memo.pins.items() if n > 0)
         base = out.services if isinstance(out.services, Buckets) else Buckets(out.services)
         services = base.patched(drop, put)
-        buckets = out.buckets
-        if any(bool(services._b[i]) != (i in buckets) for i in {bucket(n) for n in touched}):
-            buckets = services.used()
+        buckets = services.used()
         result: NftSandbox | None = NftSandbox(
             out.digest, services, hairpin, buckets,
-            out.tables if buckets is out.buckets else _tables(buckets), out.postrouting,
+            out.tables if buckets == out.buckets else _tables(buckets), out.postrouting,
             base=weakref.ref(out), touched=frozenset(touched)) if services else None
     else:
         by_id = {}
