@@ -60,8 +60,7 @@ class NftRunner:
         self.writer = ElementWriter()
 
     def script(self, ns: str, text: str) -> None:
-        if not netns.exists(ns):
-            raise FileNotFoundError(ns)
+        """Run ``nft -f`` in ``ns`` (FileNotFoundError: no such namespace)."""
         try:
             run_plain(ns, [self.nft, "-f", "-"], text, self.timeout)
         except KernelError as exc:
@@ -140,10 +139,16 @@ class NftBackend:
                 tables.pop(op.ns, None)
                 continue
             now = wanted.get(op.ns) if wanted is not None else _reread(self.nft, op.ns)
-            if now is None:
+            if now is None:  # tables removed (a sandbox that is no longer wanted)
                 tables.pop(op.ns, None)
             else:
                 tables[op.ns] = now
+        if wanted is not None:
+            # a namespace the plan left alone already holds exactly its render: adopt the
+            # render, so the next plan may compare only what the next render touches
+            for ns, t in wanted.items():
+                if t is not None and ns not in skipped and ns in tables:
+                    tables[ns] = t
         self.nft.forget(tables)
         rules, more = self.ipt.apply(p.rules, have.rules)
         return NftObserved(tables, rules), skipped + more

@@ -381,7 +381,6 @@ def parse_ruleset(text: str) -> NftSandbox | None:
     chains: set[tuple[str, str]] = set()
     digests: dict[tuple[str, str], str] = {}
     maps: dict[str, tuple[Range, ...]] = {}
-    protos: dict[str, str] = {}
     dispatch: dict[tuple[str, str, int], tuple[str, str]] = {}  #: key -> (table, target)
     sets: set[tuple[str, str]] = set()
     hairpin: set[str] = set()
@@ -411,7 +410,6 @@ def parse_ruleset(text: str) -> NftSandbox | None:
                             if isinstance(e, dict) and len(set(e["concat"])) == 1}
             elif name.startswith("be_") and table == table_of(bucket(name[3:])):
                 maps[name[3:]] = tuple(sorted(_range(e) for e in elems))
-                protos[name[3:]] = _map_proto(body)
     names = {c[4:] for t, c in chains if c.startswith("svc_") and t == table_of(bucket(c[4:]))}
     names |= set(maps)
     by_target = {t: k for k, t in dispatch.items()}
@@ -420,7 +418,7 @@ def parse_ruleset(text: str) -> NftSandbox | None:
         where = (table_of(bucket(n)), f"svc_{n}")
         key = by_target.get(where)
         services[n] = NftService(
-            n, key[0] if key else None, key[1] if key else protos.get(n, ""),
+            n, key[0] if key else None, key[1] if key else "",
             key[2] if key else 0, digests.get(where, "") if where in chains else None,
             maps.get(n))
     def proper(t: str, c: str) -> bool:  # a goto to a service's chain in its own table
@@ -444,10 +442,6 @@ def _range(e) -> Range:
         lo = hi = key
     ip, port = data["concat"]
     return (int(lo), int(hi), str(ipaddress.IPv4Address(ip)), int(port))
-
-
-def _map_proto(s: dict) -> str:
-    return "udp" if "udp" in json.dumps(s.get("map", "")) else "tcp"
 
 
 # --- planning ---------------------------------------------------------------------------
