@@ -5,8 +5,10 @@ tables (:class:`~meshnet.store.Store`); table changes kick the reconcilers, whic
 the desired kernel state from the tables and apply the difference. The agent object holds
 them together and answers the API; it has no protocol logic of its own.
 
-Signals: SIGTERM and SIGINT stop the agent gracefully (leave the cluster, close the API,
-keep the data plane in place for the next start).
+Signals: SIGTERM and SIGINT stop the agent for a restart: the data plane stays in the
+kernel, the tables stay on disk, and the agent does not leave the cluster (peers see it
+failed, ask its host, find it answering and keep its entries). ``meshnet leave`` (or
+``leave-on-terminate``) is the decommission: the node leaves, its entries go everywhere.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class Agent:
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
+        self._leaving = False
         self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
         self._state_file = Path(config.state_dir) / "local.json"
 
@@ -243,10 +246,12 @@ class Agent:
                 await metrics.stop()
             await self._api.stop()
             await self.stop_dataplane()
-            left = await self.cluster.leave(timeout=2.0)
+            how = "left the cluster" if self._leaving else "data plane and tables kept"
+            if self.config.leave_on_terminate and not self._leaving:
+                left = await self.cluster.leave(timeout=2.0)
+                how = "left the cluster" if left else "leave not confirmed"
             await self.cluster.stop()
-            log.info("agent %s stopped (%s)", self.node,
-                     "left the cluster" if left else "leave not confirmed")
+            log.info("agent %s stopped (%s)", self.node, how)
 
     def stop(self) -> None:
         self._stop.set()
@@ -425,6 +430,7 @@ class Agent:
                        "preset": self.config.gossip_preset},
             "members": self._member_counts(),
             "synced": bool(self.cluster is None or self.cluster.synced.is_set()),
+            **({"view": dict(self.cluster.view)} if self.cluster is not None else {}),
             "networks": len(self.store.networks()),
             "endpoints": len(self.store.endpoints()),
             "services": len(self.store.services()),
@@ -442,6 +448,26 @@ class Agent:
                         "ops_applied": self.overlay.ops_applied,
                         "last_sync_ms": round(st.last_duration * 1000, 2)},
         }
+
+    def gone_hosts(self) -> set[str]:
+        """Hosts whose entries were removed (found gone, or left): not those whose agent
+        is merely down while their host still answers."""
+        return self.cluster.gone_hosts() if self.cluster is not None else set()
+
+    async def durable(self) -> None:
+        """Wait until every accepted change is on disk (the API awaits it)."""
+        if self.cluster is not None:
+            await self.cluster.durable()
+
+    async def leave(self) -> dict[str, Any]:
+        """Decommission: leave the cluster (every node removes our entries), then exit."""
+        if self.cluster is None:
+            raise UserError("this agent is not in a cluster")
+        self._leaving = True
+        left = await self.cluster.leave(timeout=2.0)
+        log.info("left the cluster (%s); stopping", "confirmed" if left else "not confirmed")
+        asyncio.get_running_loop().call_later(0.05, self.stop)
+        return {"node": self.node, "left": left}
 
     def _member_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -645,15 +671,16 @@ class Agent:
         self.gw_allocs[ns] = Allocation(str(ip), ifname)
 
     async def _restore_endpoints(self) -> None:
-        """After a restart: re-publish the local endpoints whose namespace still exists."""
+        """After a restart: keep (or re-publish) the local endpoints whose namespace still
+        exists, and retract those (loaded with the durable tables) whose is gone."""
         try:
             data = json.loads(self._state_file.read_text())
             saved, gateways = data["endpoints"], data["gateways"]
         except FileNotFoundError:
-            return
+            data, saved, gateways = {}, [], {}
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring corrupt %s", self._state_file)
-            return
+            data, saved, gateways = {}, [], {}
         for ns, a in gateways.items():
             if isinstance(a, dict) and self.overlay_kernel.netns_exists(ns):
                 self.gw_allocs[ns] = Allocation(str(a.get("ip", "")), str(a.get("ifname", "")))
@@ -671,8 +698,14 @@ class Agent:
                 log.warning("ignoring a saved endpoint: %s", exc)
                 continue
             if ep.host == self.node and (not ep.netns or same_namespace(ep.netns)):
-                self.store.put("endpoints", ep.key, ep, self.clock())
-                log.info("restored endpoint %s (%s) on %s", ep.name, ep.ip, ep.network)
+                if self.store.get("endpoints", ep.key) != ep:
+                    self.store.put("endpoints", ep.key, ep, self.clock())
+                    log.info("restored endpoint %s (%s) on %s", ep.name, ep.ip, ep.network)
+        for ep in self.local_endpoints():  # from the durable copy
+            if ep.netns and not same_namespace(ep.netns):
+                log.info("namespace %s of %s is gone: detaching it from %s", ep.netns,
+                         ep.name, ep.network)
+                self.store.delete("endpoints", ep.key, self.clock())
 
     def remove_network(self, name: str) -> None:
         if name not in self.store.networks():

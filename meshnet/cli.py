@@ -65,6 +65,11 @@ def cmd_status(args: argparse.Namespace) -> None:
             f"networks:   {d['networks']}   endpoints: {d['endpoints']}   "
             f"services: {d['services']}",
         ]
+        if "view" in d:
+            v = d["view"]
+            copy = (f"; durable copy of {v['copy_rows']} rows, {v['copy_age']:.0f}s old"
+                    if v.get("copy_rows") else "; no durable copy")
+            lines.append(f"view:       {v['source']}{copy}")
         if "dataplane" in d:
             dp = d["dataplane"]
             ov = dp["overlay"]
@@ -85,10 +90,18 @@ def cmd_status(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def cmd_leave(args: argparse.Namespace) -> None:
+    data = _client(args).post("/v1/leave", {})
+    _emit(args, data, lambda d: f"{d['node']} left the cluster" + (
+        "" if d["left"] else " (not confirmed by a peer)") + "; the agent is stopping")
+
+
 def cmd_members(args: argparse.Namespace) -> None:
     data = _client(args).get("/v1/members")
     _emit(args, data, lambda d: table(
-        [(m["name"], f"{m['addr']}:{m['port']}", m["state"], m["incarnation"],
+        [(m["name"], f"{m['addr']}:{m['port']}",
+          m["state"] + (" (agent down, host answering)" if m.get("host") == "answering" else ""),
+          m["incarnation"],
           ",".join(f"{k}={v}" for k, v in sorted(m["tags"].items()))) for m in d],
         ("NAME", "ADDRESS", "STATE", "INC", "TAGS")))
 
@@ -243,7 +256,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "underlay_mtu": args.underlay_mtu, "log_level": args.log_level,
         "dns_upstreams": args.dns_upstream, "state_dir": args.state_dir,
         "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
-        "docker_socket": args.docker_socket,
+        "docker_socket": args.docker_socket, "leave_on_terminate": args.leave_on_terminate,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -315,10 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gwbridge-subnet", metavar="CIDR", help="egress bridge subnet")
     a.add_argument("--docker-socket", metavar="PATH", help="Docker API socket (--runtime docker)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    a.add_argument("--leave-on-terminate", action="store_true", default=None,
+                   help="SIGTERM leaves the cluster (default: SIGTERM is a restart; "
+                        "decommission with 'meshnet leave')")
     a.set_defaults(func=cmd_agent)
 
     sub.add_parser("status", parents=[common], help="this agent's state").set_defaults(
         func=cmd_status)
+    sub.add_parser("leave", parents=[common],
+                   help="decommission this node: leave the cluster (its entries are removed "
+                        "everywhere), then stop the agent").set_defaults(func=cmd_leave)
     sub.add_parser("members", parents=[common], help="cluster members").set_defaults(
         func=cmd_members)
 

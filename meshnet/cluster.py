@@ -6,10 +6,16 @@
   tagged ``mn`` (meshnet agents), as direct user messages (UDP, or TCP when large or
   reliable), never into the general broadcast queue, so serf peers never see it.
 * Membership events drive the tables: a meshnet member that joins gets a push/pull; one
-  that fails or leaves has its entries removed (turned into local tombstones), as
-  Docker's networkdb does.
-* ``synced`` is set once the first join completed (or there was nobody to join): the data
-  plane waits for it, so a restarted agent never programs the kernel from a partial view.
+  that leaves (``meshnet leave``) has its entries removed (turned into local tombstones),
+  as Docker's networkdb does. One that *fails* is only an agent that stopped answering:
+  its host is asked directly (:mod:`meshnet.liveness`), and its entries stay while the
+  host answers (the data plane outlives the agent); they go once it does not.
+* Durable copy: the tables are journalled to ``STATE_DIR/tables.journal``
+  (:mod:`meshnet.durable`) as changes are accepted, and loaded before the join.
+* ``synced`` is set once the view is complete: the loaded copy merged with a peer's
+  state, or the copy alone when no peer answered the first join (one host, or the whole
+  cluster restarting). The data plane waits for it, so an agent never programs the
+  kernel from a partial view. ``view`` says which it was.
 
 This class is the ``TableBackend`` of the agent's :class:`~meshnet.store.Store`.
 """
@@ -17,13 +23,17 @@ This class is the ``TableBackend`` of the agent's :class:`~meshnet.store.Store`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from meshnet.config import GOSSIP_PORT, AgentConfig, parse_hostport
+from meshnet.durable import TableJournal, to_entries
 from meshnet.gossip.adapter import GossipAdapter
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.core import Memberlist
@@ -37,7 +47,8 @@ from meshnet.gossip.events import (
 )
 from meshnet.gossip.security import Keyring
 from meshnet.gossip.state import MESHNET_TAG, MESHNET_TAG_VALUE, Member, encode_tags
-from meshnet.gossip.tables import TableConfig, Tables
+from meshnet.gossip.tables import Entry, TableConfig, Tables
+from meshnet.liveness import host_answers
 
 log = logging.getLogger("meshnet.gossip")
 
@@ -77,6 +88,22 @@ class Cluster:
         self._join_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.member_listeners: list[Callable[[str, str], None]] = []
+        self.journal: TableJournal | None = None
+        if config.state_dir:
+            self.journal = TableJournal(f"{config.state_dir}/tables.journal")
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._sync_timer: asyncio.TimerHandle | None = None
+        #: what the first complete view was made of (``meshnet status``)
+        self.view: dict[str, Any] = {"source": "joining", "copy_rows": 0, "copy_age": None}
+        self._deferred: list[Entry] = []  #: rows of an old copy, used only if alone
+        #: meshnet members whose host was found gone (their entries were removed)
+        self.gone: set[str] = set()
+        #: members whose agent is down while their host still answers
+        self.answering: set[str] = set()
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        fast = config.gossip_preset == "fast"
+        self.host_probe_timeout = 0.5 if fast else 1.0
+        self.host_probe_interval = 1.0 if fast else 2.0
 
     def now(self) -> float:
         assert self._loop is not None
@@ -87,6 +114,7 @@ class Cluster:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.tables = Tables(self.node, self.table_config, self.rng, self.now())
+        self._load_copy()
         await self.adapter.start()
         joins = [parse_hostport(j, GOSSIP_PORT, "join address") for j in self.config.join]
         joins = [j for j in joins if j != (self.addr, self.config.bind_port)]
@@ -100,7 +128,7 @@ class Cluster:
         are the first node up); it must wait for a successful one when anybody did.
         """
         if not addrs:
-            self.synced.set()
+            self._set_synced(peer=False)
             return
         attempt = 0
         while True:
@@ -115,9 +143,10 @@ class Cluster:
                 await self._wait_tables_synced()
                 return
             if attempt == 1:
-                log.info("no peer answered the join (%s); starting alone and retrying",
-                         "; ".join(errors)[:200])
-                self.synced.set()
+                log.info("no peer answered the join (%s); starting %s and retrying",
+                         "; ".join(errors)[:200],
+                         "from the local copy" if self.view["copy_rows"] else "alone")
+                self._set_synced(peer=False)
             if self.core.num_alive() > 1:  # somebody joined us meanwhile
                 return
             await asyncio.sleep(min(5.0, 0.5 * attempt))
@@ -135,7 +164,7 @@ class Cluster:
             await asyncio.sleep(0.01)
         else:
             log.warning("no table state from any peer within %.0fs; starting anyway", timeout)
-        self.synced.set()
+        self._set_synced(peer=self.tables.metrics.get("recv_push_pull", 0) > 0)
 
     async def leave(self, timeout: float = 2.0) -> bool:
         return await self.adapter.leave(timeout)
@@ -145,7 +174,176 @@ class Cluster:
             self._join_task.cancel()
         if self._timer:
             self._timer.cancel()
+        if self._sync_timer:
+            self._sync_timer.cancel()
+        for task in list(self._checks.values()):
+            task.cancel()
         await self.adapter.stop()
+        self._persist()
+        if self.journal is not None:
+            self.journal.close()
+        self._sync_pool.shutdown(wait=True)
+
+    # --- the durable copy -----------------------------------------------------------
+
+    def _load_copy(self) -> None:
+        """Load the durable copy into the tables (before the join) and start the journal.
+
+        A copy younger than the tombstone lifetime merges with peers by the conflict
+        rule: whatever was deleted while we were away still has its tombstone there.
+        An older one may hold entries whose tombstones are already reaped everywhere,
+        so only our own node-scoped rows are taken now; the rest only if no peer answers
+        (the whole cluster restarting), since then it is the best view there is.
+        """
+        tables = self.tables
+        assert tables is not None
+        journal = self.journal
+        if journal is None:
+            return
+        parsed = journal.load()
+        wall, mono = time.time(), self.now()
+        if parsed is not None and parsed.rows:
+            rows = to_entries(parsed, wall, mono, self.table_config.reap_interval)
+            age = max(0.0, wall - parsed.saved_at)
+            self.view.update(copy_rows=len(rows), copy_age=round(age, 3))
+            now_rows = rows
+            if age > self.table_config.reap_interval:
+                scoped = self.table_config.cluster_tables
+                now_rows, self._deferred = [], []
+                for e in rows:
+                    mine = e.owner == self.node and e.table not in scoped
+                    (now_rows if mine else self._deferred).append(e)
+            taken = tables.restore(now_rows, parsed.clock, mono)
+            log.info("loaded the durable copy: %d rows (%d taken now), clock %d, %.0fs old",
+                     len(rows), taken, parsed.clock, age)
+        elif parsed is not None:
+            tables.restore([], parsed.clock, mono)
+        journal.open(tables.rows(), tables.clock, wall, mono)
+        tables.track_dirty = True
+
+    def _set_synced(self, peer: bool) -> None:
+        if self.synced.is_set():
+            return
+        tables = self.tables
+        assert tables is not None
+        copy = bool(self.view["copy_rows"])
+        if self._deferred:
+            if not peer:  # nobody else: the old copy is the best view there is
+                tables.restore(self._deferred, 0, self.now())
+                if self.journal is not None:
+                    self.journal.compact(tables.rows(), tables.clock, time.time(), self.now())
+            else:
+                log.info("ignored %d rows of a copy older than the tombstone lifetime; "
+                         "took the peer's", len(self._deferred))
+            self._deferred = []
+        self.view["source"] = ("local copy + peer" if copy and peer else "local copy"
+                               if copy else "peer" if peer else "empty (first start)")
+        log.info("cluster view complete: %s", self.view["source"])
+        self.synced.set()
+        self._pump()
+        self._check_unknown_owners()
+
+    def _persist(self) -> None:
+        tables, journal = self.tables, self.journal
+        if journal is None or tables is None or not tables.track_dirty:
+            return
+        dirty = tables.drain_dirty()
+        if not dirty:
+            return
+        wall, mono = time.time(), self.now()
+        journal.append(dirty, tables.clock, wall, mono)
+        if journal.needs_compaction():
+            journal.compact(tables.rows(), tables.clock, wall, mono)
+        if self._sync_timer is None and self._loop is not None:
+            self._sync_timer = self._loop.call_later(1.0, self._lazy_sync)
+
+    def _lazy_sync(self) -> None:
+        self._sync_timer = None
+        if self.journal is not None and self.journal.unsynced and self._loop is not None:
+            self._loop.run_in_executor(self._sync_pool, self._sync_journal)
+
+    def _sync_journal(self) -> None:
+        try:
+            if self.journal is not None:
+                self.journal.sync()
+        except OSError as exc:  # the fd was replaced by a compaction (which synced)
+            log.debug("journal sync: %s", exc)
+
+    async def durable(self) -> None:
+        """Return once every accepted change is on disk (fdatasync; the API awaits it)."""
+        self._persist()
+        if self.journal is not None and self.journal.unsynced and self._loop is not None:
+            await self._loop.run_in_executor(self._sync_pool, self._sync_journal)
+
+    # --- agent down or host down --------------------------------------------------
+
+    def _agent_down(self, name: str, addr: str, port: int) -> None:
+        """A meshnet member's agent stopped answering: keep its entries while its host
+        answers (:mod:`meshnet.liveness`), remove them once it does not."""
+        assert self.tables is not None
+        self.tables.member_unreachable(name)
+        if name not in self._checks and self._loop is not None:
+            self._checks[name] = asyncio.create_task(self._watch_host(name, addr, port),
+                                                     name=f"host-check-{name}")
+
+    async def _watch_host(self, name: str, addr: str, port: int) -> None:
+        try:
+            while True:
+                if not await host_answers(addr, port, self.host_probe_timeout):
+                    log.info("host %s (%s) does not answer either: removing its entries",
+                             name, addr)
+                    self._checks.pop(name, None)
+                    self._host_gone(name, failed=True)
+                    return
+                if name not in self.answering:
+                    self.answering.add(name)
+                    log.info("agent on %s is down but its host answers at %s: keeping its "
+                             "entries", name, addr)
+                await asyncio.sleep(self.host_probe_interval)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            if self._checks.get(name) is asyncio.current_task():
+                del self._checks[name]
+
+    def _host_gone(self, name: str, failed: bool) -> None:
+        assert self.tables is not None
+        task = self._checks.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.answering.discard(name)
+        self.gone.add(name)
+        self.tables.member_down(name, self.now(), failed=failed)
+        self._pump()
+
+    def _agent_back(self, name: str) -> None:
+        task = self._checks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self.answering.discard(name)
+        self.gone.discard(name)
+
+    def _check_unknown_owners(self) -> None:
+        """After start: owners of loaded entries that are not alive members may be
+        agents still restarting (keep) or hosts gone while we were away (remove)."""
+        tables = self.tables
+        assert tables is not None
+        alive = {m.name for m in self.core.members() if m.state == "alive"}
+        for owner in sorted(tables.owners() - alive - {self.node} - set(self._checks)):
+            addr, port = self._vtep_of(owner)
+            if addr:
+                self._agent_down(owner, addr, port)
+            else:
+                self._host_gone(owner, failed=True)
+
+    def _vtep_of(self, node: str) -> tuple[str, int]:
+        assert self.tables is not None
+        raw = self.tables.get("vteps", node)
+        try:
+            data = json.loads(raw) if raw else {}
+            return str(data["gossip_addr"]), int(data.get("gossip_port", GOSSIP_PORT))
+        except (ValueError, KeyError, TypeError):
+            return "", 0
 
     # --- membership ---------------------------------------------------------------
 
@@ -154,7 +352,12 @@ class Cluster:
             "name": m.name, "addr": m.addr, "port": m.port,
             "state": STATE_NAMES.get(m.state, m.state), "incarnation": m.incarnation,
             "tags": dict(m.tags), "meshnet": m.is_meshnet,
+            **({"host": "answering"} if m.name in self.answering else {}),
         } for m in sorted(self.core.members(), key=lambda m: m.name)]
+
+    def gone_hosts(self) -> set[str]:
+        """Hosts whose entries were removed: gone, or left (not merely agent down)."""
+        return set(self.gone)
 
     def _on_event(self, ev: Event) -> None:
         assert self.tables is not None
@@ -162,13 +365,17 @@ class Cluster:
         match ev:
             case MemberJoin(member=m) | MemberUpdate(member=m):
                 if m.name != self.node and m.is_meshnet:
+                    self._agent_back(m.name)
                     self.tables.member_up(m.name, now)
                 self._member_event(m, "join" if isinstance(ev, MemberJoin) else "update")
-            case MemberLeave(member=m) | MemberFailed(member=m):
-                failed = isinstance(ev, MemberFailed)
+            case MemberLeave(member=m):
                 if m.name != self.node and m.is_meshnet:
-                    self.tables.member_down(m.name, now, failed=failed)
-                self._member_event(m, "failed" if failed else "left")
+                    self._host_gone(m.name, failed=False)
+                self._member_event(m, "left")
+            case MemberFailed(member=m):
+                if m.name != self.node and m.is_meshnet:
+                    self._agent_down(m.name, m.addr, m.port)
+                self._member_event(m, "failed")
             case UserMessage(from_node=src, payload=payload):
                 if payload[:1] == bytes([TABLE_MAGIC]) and src:
                     self.tables.handle_message(src, payload, now)
@@ -214,6 +421,7 @@ class Cluster:
             return
         for out in tables.drain_outbox():
             self.adapter.send_user(out.node, out.payload, out.reliable)
+        self._persist()  # on disk (page cache) before anyone acts on the change
         for ev in tables.drain_events():
             self.on_change(ev.table, ev.key)
         deadline = tables.next_deadline()

@@ -78,12 +78,13 @@ class AgentConfig:
     metrics: str = ""  #: ADDR:PORT for Prometheus metrics; empty: off
     gossip_preset: str = "lan"  #: lan (memberlist defaults) or fast (small clusters)
     underlay_mtu: int = 0  #: 0: detect from the interface holding the advertise address
-    state_dir: str = "/run/meshnet"  #: where the agent keeps pid and state files
+    state_dir: str = "/var/lib/meshnet"  #: durable tables and restart state (keep it on disk)
     log_level: str = "info"
     dns_upstreams: tuple[str, ...] = ()  #: empty: the host's /etc/resolv.conf
     netns_prefix: str = ""  #: prefix of namespaces this agent creates; default "mn-"
     gwbridge_subnet: str = "198.18.0.0/16"  #: the egress bridge's subnet (host-local)
     docker_socket: str = "/var/run/docker.sock"  #: Docker Engine API (--runtime docker)
+    leave_on_terminate: bool = False  #: SIGTERM leaves the cluster (default: a restart)
 
     def __post_init__(self) -> None:
         try:
@@ -155,6 +156,7 @@ _TYPES: dict[str, type] = {f.name: f.type for f in fields(AgentConfig)}  # type:
 _KINDS = {
     "str": str,
     "int": int,
+    "bool": bool,
     "tuple[str, ...]": tuple,
 }
 
@@ -167,6 +169,10 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{origin}: key {key!r} must be a list of strings")
         return tuple(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: key {key!r} must be true or false, not {value!r}")
+        return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{origin}: key {key!r} must be a whole number, not {value!r}")
@@ -204,6 +210,6 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file}: {exc}") from None
         values.update(_normalise(raw, f"config file {file}"))
-    flags = {k: v for k, v in overrides.items() if v not in (None, (), [])}
+    flags = {k: v for k, v in overrides.items() if v is not None and v != () and v != []}
     values.update(_normalise(flags, "command line"))
     return AgentConfig(**values)

@@ -22,10 +22,16 @@ log = logging.getLogger("meshnet.api")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _wrap(fn: Callable[[Request], Awaitable[Any]]) -> Handler:
+def _wrap(fn: Callable[[Request], Awaitable[Any]],
+          durable: Callable[[], Awaitable[None]] | None = None) -> Handler:
+    """``durable``: awaited after a change succeeded, before the answer (so an accepted
+    change is on disk when the caller hears of it)."""
     async def handler(request: Request) -> Response:
         try:
-            return Response.json(await fn(request))
+            result = await fn(request)
+            if durable is not None:
+                await durable()
+            return Response.json(result)
         except NotFound as exc:
             return Response.json({"error": str(exc)}, 404)
         except Conflict as exc:
@@ -67,13 +73,16 @@ def build_router(agent: Agent) -> Router:
         agent.remove_network(request.match_info["name"])
         return {"removed": request.match_info["name"]}
 
-    router.add("GET", "/v1/status", _wrap(status))
-    router.add("GET", "/v1/members", _wrap(members))
-    router.add("GET", "/v1/networks", _wrap(networks))
-    router.add("POST", "/v1/networks", _wrap(network_create))
-    router.add("DELETE", "/v1/networks/{name}", _wrap(network_rm))
-    for (method, path), fn in agent.extra_routes():
-        router.add(method, path, _wrap(fn))
+    async def leave(_: Request) -> Any:
+        return await agent.leave()
+
+    routes: list[tuple[tuple[str, str], Callable[[Request], Awaitable[Any]]]] = [
+        (("GET", "/v1/status"), status), (("GET", "/v1/members"), members),
+        (("GET", "/v1/networks"), networks), (("POST", "/v1/networks"), network_create),
+        (("DELETE", "/v1/networks/{name}"), network_rm), (("POST", "/v1/leave"), leave),
+        *agent.extra_routes()]
+    for (method, path), fn in routes:
+        router.add(method, path, _wrap(fn, None if method == "GET" else agent.durable))
     return router
 
 

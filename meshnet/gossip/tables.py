@@ -166,6 +166,10 @@ class Tables:
         self._next_push_pull = now + self._push_pull_period() * self._rng.random()
         self._up_sync_window = now
         self._up_syncs = 0
+        #: rows changed since the last drain_dirty (None: the row was reaped), for the
+        #: durable copy; only filled once ``track_dirty`` is set
+        self.track_dirty = False
+        self._dirty: dict[tuple[str, str], Entry | None] = {}
 
     # --- local API ------------------------------------------------------------------
 
@@ -231,6 +235,50 @@ class Tables:
         out, self._outbox = self._outbox, []
         return out
 
+    def drain_dirty(self) -> dict[tuple[str, str], Entry | None]:
+        """Rows stored or reaped since the last call (for the durable copy)."""
+        out, self._dirty = self._dirty, {}
+        return out
+
+    def restore(self, rows: list[Entry], clock: int, now: float) -> int:
+        """Load a durable copy (before joining): rows and the Lamport clock it had.
+
+        Each row is merged by the conflict rule against what is held (normally
+        nothing), a tombstone keeps its ``reap_at``; nothing is queued for gossip (a
+        push/pull spreads it) and nothing is marked dirty (it is on disk already).
+        Returns how many rows were taken.
+        """
+        self._clock = max(self._clock, clock)
+        taken = 0
+        track, self.track_dirty = self.track_dirty, False
+        try:
+            for e in rows:
+                if e.ltime > self._clock:
+                    self._clock = e.ltime
+                cur = self._entry(e.table, e.key)
+                if cur is not None and e.rank() <= cur.rank():
+                    continue
+                if e.deleted and e.reap_at <= now:
+                    continue
+                self._apply(e)
+                taken += 1
+        finally:
+            self.track_dirty = track
+        return taken
+
+    def rows(self) -> list[Entry]:
+        """Every stored row, tombstones included (the durable copy's compaction)."""
+        return [e for rows in self._store.values() for e in rows.values()]
+
+    def owners(self, tables: frozenset[str] | None = None) -> set[str]:
+        """Owners of live entries (of ``tables``; default: the node-scoped ones)."""
+        out = set()
+        for table, rows in self._store.items():
+            if (table in tables) if tables is not None else (
+                    table not in self.config.cluster_tables):
+                out.update(e.owner for e in rows.values() if not e.deleted)
+        return out
+
     @property
     def metrics(self) -> dict[str, int]:
         """Counters (``sent_*``, ``recv_*``, ``dropped_<reason>``, ...) and gauges."""
@@ -273,6 +321,12 @@ class Tables:
             self._up_syncs += 1
             self._counters["push_pull_on_up"] += 1
             self._start_push_pull(node, now)
+
+    def member_unreachable(self, node: str) -> None:
+        """The node's agent is down but its host may still forward: stop gossiping to
+        it and keep its entries (``member_down`` removes them once the host is gone)."""
+        if node != self.node and self._up.remove(node):
+            self._counters["members_unreachable"] += 1
 
     def member_down(self, node: str, now: float, failed: bool) -> None:
         """The node failed (``failed``) or left: tombstone its entries locally."""
@@ -358,6 +412,8 @@ class Tables:
         rows = self._store.setdefault(new.table, {})
         old = rows.get(new.key)
         rows[new.key] = new
+        if self.track_dirty:
+            self._dirty[(new.table, new.key)] = new
         if new.deleted:
             heapq.heappush(self._reap, (new.reap_at, new.table, new.key))
             if old is not None and not old.deleted:
@@ -499,6 +555,8 @@ class Tables:
             cur = rows.get(key) if rows else None
             if cur is not None and cur.deleted and cur.reap_at == reap_at:
                 del rows[key]
+                if self.track_dirty:
+                    self._dirty[(table, key)] = None
                 if not rows:
                     del self._store[table]
                 self._counters["reaped"] += 1

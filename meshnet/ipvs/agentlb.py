@@ -60,6 +60,10 @@ class LoadBalancing:
         return f"lb-{self.agent.node}"
 
     def start(self) -> None:
+        # results written before a restart (loaded with the durable tables) are ours to
+        # retract if their task is gone
+        self.health_written = {key for key, _, owner in self.agent.store.backend.items("health")
+                               if owner == self.agent.node}
         self.health.start()
 
     async def stop(self) -> None:
@@ -75,7 +79,9 @@ class LoadBalancing:
         return {net: e.ip for net, e in self.lb_endpoints().items()}
 
     def down_hosts(self) -> set[str]:
-        return {m["name"] for m in self.agent.members() if m["state"] in ("failed", "left")}
+        """Hosts found gone (or left); a host whose agent is merely down keeps its tasks,
+        with the health they last had."""
+        return self.agent.gone_hosts()
 
     async def _ensure_lb_addresses(self) -> None:
         planner = self.rec.planner

@@ -7,6 +7,7 @@
     python -m meshnet.testing.traffic get URL [TIMEOUT]    # print the body, exit 1 on error
     python -m meshnet.testing.traffic hits URL N [GAP]     # N GETs: JSON counts by body word
     python -m meshnet.testing.traffic udphits HOST PORT N  # N datagrams, fresh source ports
+    python -m meshnet.testing.traffic meter PORT           # one TCP stream in, bytes per 0.1 s
 
 ``stream`` sends 1 KiB every 5 ms and prints {"sent": bytes, "error": null | "..."};
 a connection reset or a write that fails shows up in "error".
@@ -53,6 +54,35 @@ def stream(host: str, port: int, seconds: float) -> dict[str, object]:
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
     return {"sent": sent, "error": error}
+
+
+def meter(port: int) -> dict[str, object]:
+    """Accept one connection, read it to the end; bytes received per 100 ms from the
+    first byte (so a stall of the stream shows as empty buckets)."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(1)
+    print("listening", flush=True)
+    conn, _ = srv.accept()
+    buckets: list[int] = []
+    start = 0.0
+    error = None
+    with conn:
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                now = time.monotonic()
+                if not start:
+                    start = now
+                i = int((now - start) * 10)
+                buckets.extend([0] * (i + 1 - len(buckets)))
+                buckets[i] += len(data)
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    return {"buckets": buckets, "total": sum(buckets), "error": error}
 
 
 def http(port: int, text: str) -> None:
@@ -151,6 +181,8 @@ def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd == "sink":
         sink(int(argv[1]))
+    elif cmd == "meter":
+        print(json.dumps(meter(int(argv[1]))), flush=True)
     elif cmd == "stream":
         print(json.dumps(stream(argv[1], int(argv[2]), float(argv[3]))), flush=True)
     elif cmd == "http":

@@ -215,7 +215,7 @@ class Tracer:
 
     def view(self) -> View:
         s = self.store
-        down = {m["name"] for m in self.agent.members() if m["state"] in ("failed", "left")}
+        down = self.agent.gone_hosts()
         vteps = {name: str(n.vtep_addr) for name, n in s.all("vteps").items()}  # type: ignore[attr-defined]
         return View(node=self.node, prefix=self.agent.prefix, networks=s.networks(),
                     endpoints=list(s.endpoints().values()), services=s.services(),
