@@ -66,6 +66,9 @@ def row_record(e: Entry, wall_now: float, mono_now: float) -> bytes:
     return frame([ROW, e.table, e.key, e.owner, e.ltime, e.deleted, e.value, reap_wall])
 
 
+_HEADER_FRAME = frame(HEADER)
+
+
 @dataclass
 class Parsed:
     """What a journal holds: rows by (table, key) with reap deadlines in wall time."""
@@ -117,7 +120,8 @@ def parse(buf: bytes) -> Parsed:
             return out
         pos = end
         out.good = pos
-    if first and n:
+    if first and n and (not out.torn or n >= len(_HEADER_FRAME)):
+        # (a file shorter than its header is a torn first write; longer, it is not ours)
         out.error = "not a meshnet tables journal (no header)"
     return out
 

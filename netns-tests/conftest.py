@@ -115,3 +115,13 @@ def py_in(ns: str, *args: str, background: bool = False, timeout: float = 60):
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def host_down(lab, host: str) -> None:
+    """The host is gone (not just its agent): agent killed, underlay link down. Peers
+    remove its entries only then; an agent that is merely down keeps them (issue 16)."""
+    import signal
+
+    os.kill(lab.agent_pid(host), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "exec", lab.spec.host_ns(host), "ip", "link", "set",
+                    "eth0", "down"], check=True)

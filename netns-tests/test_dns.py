@@ -8,7 +8,7 @@ import time
 
 import dns.reversename
 import pytest
-from conftest import api, ns_exec, py_in, wait_until
+from conftest import api, host_down, ns_exec, py_in, wait_until
 from test_overlay import converged, overlay_setup
 
 from meshnet.lab.lab import RESOLVER_ADDR
@@ -96,7 +96,7 @@ def test_external_names_forwarded_even_with_the_first_upstream_dead(cluster):
 
 def test_dead_host_tasks_leave_dns_within_2s(cluster):
     lab, eps, _ = cluster
-    os.kill(lab.agent_pid("h2"), signal.SIGKILL)
+    host_down(lab, "h2")
     wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h3").get("/v1/members")}
                .get("h2") == "failed", timeout=15, what="h2 failed")
     t0 = time.monotonic()

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import api, ns_exec, wait_until
+from conftest import api, lab_exec, ns_exec, wait_until
 
 from meshnet.keys import generate_key
 
@@ -113,8 +113,15 @@ def test_five_node_cluster_and_failure_detection(make_lab, serfs, seed):
     # kill -9 of a meshnet agent: serf marks it failed
     os.kill(lab.agent_pid("h3"), signal.SIGKILL)
     wait_until(lambda: s1.members().get("h3") == "failed", timeout=20, what="h3 failed in serf")
-    # SIGTERM of a meshnet agent: serf shows it left
+    # SIGTERM of a meshnet agent is a restart: serf sees it failed, then alive again
     os.kill(lab.agent_pid("h2"), signal.SIGTERM)
+    wait_until(lambda: s1.members().get("h2") == "failed", timeout=20, what="h2 failed in serf")
+    lab.restart_agent("h2")
+    wait_until(lambda: s1.members().get("h2") == "alive", timeout=20,
+               what="h2 alive again in serf")
+    # `meshnet leave`: serf shows it left
+    r = lab_exec(lab, "h2", "meshnet", "leave")
+    assert r.returncode == 0, r.stderr
     try:
         wait_until(lambda: s1.members().get("h2") == "left", timeout=20, what="h2 left in serf")
     except AssertionError as exc:

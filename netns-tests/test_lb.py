@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import api, ns_exec, py_in, wait_until
+from conftest import api, host_down, ns_exec, py_in, wait_until
 from test_overlay import converged, overlay_setup
 
 from meshnet.errors import UserError
@@ -107,7 +107,7 @@ def test_health_check_removes_a_dead_task_within_1s(mesh):
 
 def test_dead_host_tasks_removed(mesh):
     lab, web, _, outside = mesh
-    os.kill(lab.agent_pid("h3"), signal.SIGKILL)
+    host_down(lab, "h3")
     wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h4").get("/v1/members")}
                .get("h3") == "failed", timeout=15, what="h3 failed")
     time.sleep(0.5)

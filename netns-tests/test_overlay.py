@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import api, ns_exec, py_in, wait_until
+from conftest import api, host_down, ns_exec, py_in, wait_until
 
 
 def overlay_setup(lab, network="app", subnet="10.60.0.0/24"):
@@ -93,7 +93,7 @@ def test_detach_removes_entries_on_every_host_within_1s(three):
 
 def test_killed_host_endpoints_removed_everywhere(three):
     lab, eps = three
-    os.kill(lab.agent_pid("h3"), signal.SIGKILL)
+    host_down(lab, "h3")
 
     def failed():
         return {m["name"]: m["state"] for m in api(lab, "h1").get("/v1/members")}.get(

@@ -224,13 +224,6 @@ def test_removed_while_away_stays_removed(make_lab, away):
 # --- 5. a host really gone; leave ---------------------------------------------------
 
 
-def host_down(lab, host):
-    """The host is gone: agent killed, underlay link down."""
-    os.kill(lab.agent_pid(host), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "exec", lab.spec.host_ns(host), "ip", "link", "set",
-                    "eth0", "down"], check=True)
-
-
 def test_agent_down_keeps_entries_host_gone_removes_them(make_lab):
     lab = make_lab(hosts=3)
     overlay_setup(lab, "app", "10.164.0.0/24")
