@@ -37,7 +37,7 @@ from meshnet.durable import TableJournal, parse, to_entries
 from meshnet.gossip.tables import Entry, TableConfig, Tables
 from meshnet.lab.lab import Lab
 from meshnet.lab.topology import LabSpec
-from meshnet.model import Endpoint, Network, Service
+from meshnet.model import Endpoint, Network, PortSpec, Service
 from meshnet.store import encode
 
 CFG = TableConfig.lan()
@@ -116,7 +116,7 @@ def _state(t: Tables, endpoints: int, services: int) -> None:
     for i in range(services):
         svc = Service(name=f"svc{i}", network="big", vip=f"10.240.200.{i % 250 + 1}"
                       if i < 250 else f"10.240.{201 + i // 250}.{i % 250 + 1}",
-                      ports=("80/tcp",))
+                      ports=(PortSpec(80),))
         t.put("services", f"svc{i}", encode(svc), 0.0)
 
 

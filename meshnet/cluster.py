@@ -218,7 +218,10 @@ class Cluster:
                      len(rows), taken, parsed.clock, age)
         elif parsed is not None:
             tables.restore([], parsed.clock, mono)
-        journal.open(tables.rows(), tables.clock, wall, mono)
+        if parsed is not None and not self._deferred:
+            journal.reopen(tables.rows(), wall, mono)  # append to the file just read
+        else:
+            journal.open(tables.rows(), tables.clock, wall, mono)
         tables.track_dirty = True
 
     def _set_synced(self, peer: bool) -> None:
@@ -286,9 +289,21 @@ class Cluster:
             self._checks[name] = asyncio.create_task(self._watch_host(name, addr, port),
                                                      name=f"host-check-{name}")
 
+    def _state_of(self, name: str) -> str:
+        for m in self.core.members():
+            if m.name == name:
+                return m.state
+        return ""
+
     async def _watch_host(self, name: str, addr: str, port: int) -> None:
         try:
             while True:
+                if self._state_of(name) == "alive":  # back (or never really gone)
+                    self._agent_back(name)
+                    assert self.tables is not None
+                    self.tables.member_up(name, self.now())
+                    self._pump()
+                    return
                 if not await host_answers(addr, port, self.host_probe_timeout):
                     log.info("host %s (%s) does not answer either: removing its entries",
                              name, addr)
@@ -318,7 +333,7 @@ class Cluster:
 
     def _agent_back(self, name: str) -> None:
         task = self._checks.pop(name, None)
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
         self.answering.discard(name)
         self.gone.discard(name)
@@ -328,8 +343,8 @@ class Cluster:
         agents still restarting (keep) or hosts gone while we were away (remove)."""
         tables = self.tables
         assert tables is not None
-        alive = {m.name for m in self.core.members() if m.state == "alive"}
-        for owner in sorted(tables.owners() - alive - {self.node} - set(self._checks)):
+        known = {m.name for m in self.core.members() if m.state in ("alive", "suspect")}
+        for owner in sorted(tables.owners() - known - {self.node} - set(self._checks)):
             addr, port = self._vtep_of(owner)
             if addr:
                 self._agent_down(owner, addr, port)

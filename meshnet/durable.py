@@ -220,6 +220,18 @@ class TableJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.compact(rows, clock, wall_now, mono_now)
 
+    def reopen(self, rows: Iterable[Entry], wall_now: float, mono_now: float) -> None:
+        """Go on appending to the file ``load`` just read (and cut, if its tail was
+        torn); ``rows`` are what it holds, for the size accounting."""
+        # (an estimate of each record's size: encoding them all again costs more than
+        # the accounting is worth; appends replace it with exact sizes)
+        sizes = {(e.table, e.key): len(e.table) + len(e.key) + len(e.owner) + len(e.value) + 32
+                 for e in rows}
+        self._sizes = sizes
+        self.live_bytes = sum(sizes.values())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.file_bytes = os.fstat(self._fd).st_size
+
     def append(self, dirty: dict[tuple[str, str], Entry | None], clock: int,
                wall_now: float, mono_now: float) -> None:
         if self._fd < 0:

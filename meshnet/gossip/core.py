@@ -254,7 +254,11 @@ class Memberlist(ProbeMixin, SyncMixin):
         msg = bytes([USER]) + payload
         budget = self.config.udp_buffer_size - (encrypt_overhead() if self.encrypting else 0)
         if reliable or len(msg) > budget:
-            self._new_stream(rec.address, encode_user_stream(payload), False, now, "user")
+            # Not LZW-compressed: only meshnet agents get these, and compressing a table
+            # state of megabytes in pure Python costs ~0.1 s per megabyte (memberlist
+            # readers take compressed and plain streams alike)
+            self._new_stream(rec.address, encode_user_stream(payload), False, now, "user",
+                             compress=False)
         else:
             self._send_msg(rec.address, msg, rec)
         self.metrics["sent.user.app"] += 1

@@ -67,9 +67,12 @@ class JoinOp:
 
 class SyncMixin(_Base):
     def _new_stream(self, addr: Address, message: bytes, expect_reply: bool, now: float,
-                    purpose: str, deadline: float | None = None, join_id: int | None = None) -> int:
+                    purpose: str, deadline: float | None = None, join_id: int | None = None,
+                    compress: bool | None = None) -> int:
         self._stream_id += 1
-        data = frame_stream(message, compress=self.config.enable_compression,
+        if compress is None:
+            compress = self.config.enable_compression
+        data = frame_stream(message, compress=compress,
                             keyring=self.keyring if self.encrypting else None)
         req = StreamRequest(self._stream_id, addr, data, expect_reply,
                             deadline if deadline is not None else now + self.config.tcp_timeout,
