@@ -19,3 +19,21 @@ def test_names_and_addresses():
 def test_invalid_specs(kw):
     with pytest.raises(UserError):
         LabSpec(**kw)
+
+
+def test_neighbour_limits_are_raised_never_lowered(tmp_path, monkeypatch) -> None:
+    from meshnet.lab import lab
+
+    for fam in ("ipv4", "ipv6"):
+        for n, v in ((1, 128), (2, 512), (3, 99999)):
+            p = tmp_path / fam / f"gc_thresh{n}"
+            p.parent.mkdir(exist_ok=True)
+            p.write_text(str(v))
+    monkeypatch.setattr(lab, "NEIGH_SYSCTL", str(tmp_path / "{family}" / "gc_thresh{n}"))
+    need = lab.neighbour_need(100)
+    assert need > 100 * 100  # every host resolves every other one on the underlay
+    assert lab.ensure_neighbour_capacity(need) == need
+    assert int((tmp_path / "ipv4" / "gc_thresh3").read_text()) == 99999  # never lowered
+    assert int((tmp_path / "ipv4" / "gc_thresh2").read_text()) == need // 2
+    assert int((tmp_path / "ipv6" / "gc_thresh1").read_text()) == need // 4
+    assert lab.ensure_neighbour_capacity(need) == 0  # nothing left to raise

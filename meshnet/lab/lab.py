@@ -33,6 +33,38 @@ def _quiet(_: str) -> None:
     pass
 
 
+#: the kernel's neighbour-table limits: one table for every namespace of the machine
+NEIGH_SYSCTL = "/proc/sys/net/{family}/neigh/default/gc_thresh{n}"
+
+
+def neighbour_need(hosts: int) -> int:
+    """Neighbour entries a lab of ``hosts`` hosts may hold at once, with room.
+
+    Every host namespace resolves every other host (and the resolver and bare hosts) on
+    the underlay, and every sandbox and container its local peers: about hosts^2 on the
+    underlay alone. Past the kernel's default hard limit (gc_thresh3 = 1024, for the whole
+    machine) new entries fail with ENOBUFS, so at ~30 hosts gossip packets start to be
+    dropped: members flap and table changes crawl (issue 17).
+    """
+    return 4 * (hosts + 3) ** 2 + 4096
+
+
+def ensure_neighbour_capacity(entries: int) -> int:
+    """Raise (never lower) gc_thresh3 to ``entries`` (gc_thresh2 to half, gc_thresh1 to a
+    quarter) for IPv4 and IPv6; returns the new hard limit, or 0 if nothing changed."""
+    changed = 0
+    for family in ("ipv4", "ipv6"):
+        for n, want in ((3, entries), (2, entries // 2), (1, entries // 4)):
+            path = Path(NEIGH_SYSCTL.format(family=family, n=n))
+            try:
+                if int(path.read_text()) < want:
+                    path.write_text(str(want))
+                    changed = entries
+            except (OSError, ValueError):
+                pass  # no IPv6, or not allowed: the lab still works at small sizes
+    return changed
+
+
 @dataclass
 class Lab:
     spec: LabSpec
@@ -74,6 +106,10 @@ class Lab:
                            f"{spec.name}' first)")
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         (spec.state_dir / "lab.json").write_text(json.dumps(spec.to_dict()))
+        raised = ensure_neighbour_capacity(neighbour_need(len(spec.host_names)))
+        if raised:
+            progress(f"raised the kernel's neighbour table limits (gc_thresh1/2/3, shared by "
+                     f"every namespace on this machine) to {raised}")
         try:
             progress(f"underlay {UNDERLAY} (MTU {spec.underlay_mtu}) in netns {spec.underlay_ns}")
             self._build_underlay()
