@@ -103,7 +103,8 @@ class Cluster:
         self._checks: dict[str, asyncio.Task[None]] = {}
         fast = config.gossip_preset == "fast"
         self.host_probe_timeout = 0.5 if fast else 1.0
-        self.host_probe_interval = 1.0 if fast else 2.0
+        self.host_probe_interval = 1.0 if fast else 2.0  #: the first re-probe; doubles
+        self.host_probe_max_interval = 8.0 if fast else 30.0
 
     def now(self) -> float:
         assert self._loop is not None
@@ -296,6 +297,7 @@ class Cluster:
         return ""
 
     async def _watch_host(self, name: str, addr: str, port: int) -> None:
+        wait = self.host_probe_interval
         try:
             while True:
                 if self._state_of(name) == "alive":  # back (or never really gone)
@@ -314,7 +316,11 @@ class Cluster:
                     self.answering.add(name)
                     log.info("agent on %s is down but its host answers at %s: keeping its "
                              "entries", name, addr)
-                await asyncio.sleep(self.host_probe_interval)
+                # every agent probes every failed member: back off, or a cluster whose
+                # members are falsely failed under load (every one probing every one)
+                # feeds its own overload
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.host_probe_max_interval)
         except asyncio.CancelledError:
             raise
         finally:

@@ -197,19 +197,25 @@ class GossipAdapter:
             self.core.metrics["drop.too_many_streams"] += 1
             writer.close()
             return
-        stream = self.core.open_stream((peer[0], peer[1]), self.now())
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         self._inbound += 1
         try:
             async with asyncio.timeout(self.core.config.tcp_timeout):
+                chunk: bytes | None = await reader.read(READ_SIZE)
+                if not chunk:  # connected and closed: a peer asking if our host is up
+                    self.core.metrics["recv.stream.empty"] += 1
+                    return
+                stream = self.core.open_stream((peer[0], peer[1]), self.now())
                 while not stream.done:
-                    chunk = await reader.read(READ_SIZE)
+                    if chunk is None:
+                        chunk = await reader.read(READ_SIZE)
                     if not chunk:
                         stream.eof(self.now())
                         break
                     reply = stream.feed(chunk, self.now())
+                    chunk = None
                     self._pump()
                     if reply is not None:
                         writer.write(reply)
