@@ -58,6 +58,7 @@ class GossipAdapter:
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._armed_when = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._joins: dict[int, asyncio.Future] = {}
         self._inbound = 0
@@ -153,12 +154,16 @@ class GossipAdapter:
             self._timer = None
         self._timer_at = at
         if at != float("inf") and self._loop is not None:
+            self._armed_when = self.now()
             self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
+        now = self.now()
+        # how much later than asked the loop ran us: our own CPU (or loop) is short
+        self.core.timer_late(now - max(self._timer_at, self._armed_when), now)
         self._timer = None
         self._timer_at = float("inf")
-        self.core.tick(self.now())
+        self.core.tick(now)
         self._pump()
 
     def _spawn(self, coro) -> None:

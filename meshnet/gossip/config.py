@@ -82,6 +82,15 @@ class GossipConfig:
     """Stop trying to reconnect to a failed member after this long."""
     dead_node_reclaim_time: float = 0.0
     """A dead node's name may be reused from a new address after this (0 = never)."""
+    scale_knee: int = 0
+    """Above this many members (0: never), the probe and gossip intervals, and with them
+    the suspicion timeouts, grow as n / scale_knee, up to ``scale_max`` times: for
+    presets whose timings only suit small clusters (``fast``)."""
+    scale_max: float = 1.0
+    late_threshold: float = 0.0
+    """A timer that fires more than this late (seconds; 0: off) means our own CPU or
+    event loop is short: the health score goes up as for a missed nack (Lifeguard's local
+    health, fed by our own lateness), so we probe less and wait longer before accusing."""
 
     def __post_init__(self) -> None:
         if len(self.vsn) != 6 or self.vsn[0] == 0 or self.vsn[1] == 0 or self.vsn[0] > self.vsn[1]:
@@ -97,11 +106,14 @@ class GossipConfig:
             raise ConfigError("gossip multipliers must be >= 1")
         if self.udp_buffer_size < 200:
             raise ConfigError("gossip udp_buffer_size is too small")
+        if self.scale_knee < 0 or self.scale_max < 1 or self.late_threshold < 0:
+            raise ConfigError("gossip scale_knee >= 0, scale_max >= 1, late_threshold >= 0")
 
     @classmethod
     def lan(cls) -> GossipConfig:
-        """memberlist DefaultLANConfig (serf agent default)."""
-        return cls()
+        """memberlist DefaultLANConfig (serf agent default), plus local health fed by our
+        own timer lateness (invisible on the wire)."""
+        return cls(late_threshold=0.25)
 
     @classmethod
     def local(cls) -> GossipConfig:
@@ -135,6 +147,9 @@ class GossipConfig:
             tcp_timeout=1.0,
             leave_intent_wait=0.5,
             reconnect_interval=2.0,
+            scale_knee=16,
+            scale_max=5.0,
+            late_threshold=0.05,
         )
 
     def replace(self, **changes: object) -> GossipConfig:

@@ -97,6 +97,7 @@ class Memberlist(ProbeMixin, SyncMixin):
         self.metrics: Counter[str] = Counter()
         self._bq = BroadcastQueue(config.retransmit_mult)
         self._aw = Awareness(config.awareness_max_multiplier)
+        self._late_at = -1e18
         self._ms = Membership(config, name, rng, self._bq, self._aw, self.metrics)
         self._limits = Limits(config.max_stream_bytes, config.max_decompressed_bytes,
                               config.max_push_nodes)
@@ -409,8 +410,33 @@ class Memberlist(ProbeMixin, SyncMixin):
             d = min(d, self._leave_dead_at)
         return d
 
+    def interval_scale(self) -> float:
+        """How much the probe and gossip intervals are stretched for the cluster's size
+        (``scale_knee``/``scale_max``; 1 for the memberlist presets)."""
+        knee = self.config.scale_knee
+        if not knee:
+            return 1.0
+        return min(max(self._ms.num_nodes() / knee, 1.0), self.config.scale_max)
+
+    def timer_late(self, late: float, now: float) -> None:
+        """The driver ran our timer ``late`` seconds after the deadline we gave it.
+
+        Late timers mean this node is short of CPU: acks it waits for arrive "late" by
+        its own clock, and its own acks leave late. Raise the health score (at most once
+        per probe interval), so it probes less and gives peers longer, as for a missed
+        nack; successful probes lower it again."""
+        thr = self.config.late_threshold
+        if not thr or late <= thr:
+            return
+        if now - self._late_at < self.config.probe_interval:
+            return
+        self._late_at = now
+        self._aw.apply_delta(1)
+        self.metrics["awareness.late_timer"] += 1
+
     def tick(self, now: float) -> None:
         self._ensure_started(now)
+        self._ms.interval_scale = self.interval_scale()
         for sid, pend in list(self._pending.items()):
             if now >= pend.req.deadline:
                 self.stream_reply(sid, None, now)
@@ -418,7 +444,8 @@ class Memberlist(ProbeMixin, SyncMixin):
         self._relay_tick(now)
         if now >= self._next_gossip:
             self._gossip(now)
-            self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
+            self._next_gossip = max(
+                self._next_gossip + self.config.gossip_interval * self._ms.interval_scale, now)
         if now >= self._next_push_pull:
             self._periodic_push_pull(now)
         if now >= self._next_reconnect:

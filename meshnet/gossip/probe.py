@@ -145,10 +145,10 @@ class ProbeMixin(_Base):
     def _start_probe(self, now: float) -> None:
         rec = self._pick_target(now)
         if rec is None:
-            self._next_probe = now + self.config.probe_interval
+            self._next_probe = now + self.config.probe_interval * self._ms.interval_scale
             return
         seq = self._next_seq()
-        interval = self._aw.scale(self.config.probe_interval)
+        interval = self._aw.scale(self.config.probe_interval * self._ms.interval_scale)
         p = ProbeState(rec, rec.incarnation, seq, now, now + self.config.probe_timeout, now + interval)
         self._probe = p
         self._probe_waits[seq] = p
@@ -201,4 +201,6 @@ class ProbeMixin(_Base):
     def _end_probe(self, p: ProbeState, now: float) -> None:
         self._probe = None
         self._probe_waits.pop(p.seq, None)
-        self._next_probe = max(p.start + self.config.probe_interval, now)
+        # (scaled by the health score too: a node short of CPU probes less often)
+        self._next_probe = max(
+            p.start + self._aw.scale(self.config.probe_interval * self._ms.interval_scale), now)

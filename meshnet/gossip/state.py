@@ -156,6 +156,8 @@ class Membership:
         self.rng = rng
         self.broadcasts = broadcasts
         self.awareness = awareness
+        #: probe/gossip interval multiplier for the cluster's size (set by the core)
+        self.interval_scale = 1.0
         self.metrics = metrics
         self.nodes: dict[str, NodeRecord] = {}
         self.order: list[NodeRecord] = []  # probe order (memberlist's m.nodes)
@@ -272,7 +274,8 @@ class Membership:
         rec.state_change = now
         n = self.num_nodes()
         k = confirmations_wanted(self.config.suspicion_mult, n)
-        lo = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
+        lo = suspicion_timeout(self.config.suspicion_mult, n,
+                               self.config.probe_interval * self.interval_scale)
         hi = self.config.suspicion_max_timeout_mult * lo
         self.suspicions[s.node] = Suspicion(s.from_, k, lo, hi, now, s.incarnation)
 

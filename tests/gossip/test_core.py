@@ -395,3 +395,22 @@ def test_tcp_ping_answered_immediately():
 def test_core_requires_injected_rng():
     with pytest.raises(ValueError):
         Memberlist(CFG, "a", "10.0.0.1", 7946, b"", None)
+
+
+def test_late_timers_raise_the_health_score_once_per_probe_interval():
+    from meshnet.gossip.config import GossipConfig
+    from meshnet.gossip.core import Memberlist
+
+    cfg = GossipConfig.fast()
+    core = Memberlist(cfg, "a", "10.0.0.1", 7946, b"", __import__("random").Random(1))
+    core.tick(0.0)
+    before = core._aw.score
+    core.timer_late(cfg.late_threshold / 2, 1.0)  # on time enough: nothing
+    assert core._aw.score == before
+    core.timer_late(cfg.late_threshold * 4, 1.0)
+    core.timer_late(cfg.late_threshold * 4, 1.0 + cfg.probe_interval / 2)  # same interval
+    assert core._aw.score == before + 1
+    core.timer_late(cfg.late_threshold * 4, 1.0 + cfg.probe_interval * 1.01)
+    assert core._aw.score == before + 2
+    assert core.metrics["awareness.late_timer"] == 2
+    assert GossipConfig.lan().late_threshold > 0 and GossipConfig().late_threshold == 0

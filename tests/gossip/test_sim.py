@@ -65,10 +65,13 @@ def test_killed_node_detected_by_all_within_bound():
     others = [n for n in f.nodes.values() if n.name != "n17"]
     t = f.run_until_true(
         lambda: all(n.core.member("n17").state == "dead" for n in others), 20, step=0.02)
-    smin = suspicion_timeout(FAST.suspicion_mult, N, FAST.probe_interval)
-    bound = 2 * FAST.probe_interval + FAST.suspicion_max_timeout_mult * smin + 1.0
+    # the fast preset stretches its intervals for clusters above scale_knee members
+    scale = min(max(N / FAST.scale_knee, 1.0), FAST.scale_max)
+    interval = FAST.probe_interval * scale
+    smin = suspicion_timeout(FAST.suspicion_mult, N, interval)
+    bound = 2 * interval + FAST.suspicion_max_timeout_mult * smin + 1.0
     assert t is not None and t <= bound
-    assert t < 3.0  # with Lifeguard confirmations it is far below the max
+    assert t < smin + 3 * interval  # with Lifeguard confirmations: near the minimum
     assert {who for _, who in failures(f)} == {"n17"}
     assert all(n.core.member("n17").state == "dead" for n in others)
 
@@ -179,3 +182,16 @@ def test_fast_preset_detects_well_under_half_of_lan(n):
     lan = detect(GossipConfig.lan().replace(enable_compression=False))
     assert fast < lan / 2, (fast, lan)
     assert math.isfinite(fast)
+
+
+def test_small_cluster_keeps_fast_detection_and_large_one_stretches():
+    small = cluster(n=FAST.scale_knee, seed=5)
+    small.run_for(2)
+    assert all(n.core.interval_scale() == 1.0 for n in small.nodes.values())
+    small.kill("n3")
+    others = [n for n in small.nodes.values() if n.name != "n3"]
+    t = small.run_until_true(
+        lambda: all(n.core.member("n3").state == "dead" for n in others), 20, step=0.02)
+    assert t is not None and t < 3.0
+    big = cluster(n=4 * FAST.scale_knee, seed=6)
+    assert all(n.core.interval_scale() == 4.0 for n in big.nodes.values())
