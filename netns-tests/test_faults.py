@@ -120,11 +120,20 @@ def test_api_socket_refuses_non_root(cluster):
     r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
                        user=65534, group=65534)
     assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    # the checkout may live where nobody cannot read (a 0700 /root): give the CLI a copy
+    # of the package in a directory of its own that anybody may read
+    import shutil
+    import tempfile
+
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(["/usr/bin/python3", "-m", "meshnet", "status", "--api", sock],
-                       capture_output=True, text=True, user=65534, group=65534, cwd=repo,
-                       env={"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": repo})
-    assert r.returncode == 2 and "permission denied" in r.stderr and "Traceback" not in r.stderr
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        shutil.copytree(os.path.join(repo, "meshnet"), os.path.join(tmp, "meshnet"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        r = subprocess.run(["/usr/bin/python3", "-m", "meshnet", "status", "--api", sock],
+                           capture_output=True, text=True, user=65534, group=65534, cwd="/",
+                           env={"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": tmp})
+    assert r.returncode == 2 and "permission denied" in r.stderr and "Traceback" not in r.stderr, r
 
 
 def test_resolver_only_inside_containers_and_nothing_else_listens(cluster):
