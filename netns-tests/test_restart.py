@@ -227,10 +227,17 @@ def test_removed_while_away_stays_removed(make_lab, away):
 def test_agent_down_keeps_entries_host_gone_removes_them(make_lab):
     lab = make_lab(hosts=3)
     overlay_setup(lab, "app", "10.164.0.0/24")
+    web = api(lab, "h1").post("/v1/services", {
+        "name": "web", "network": "app", "ports": ["80/tcp"],
+        "health": {"kind": "tcp", "interval": 0.2, "timeout": 0.2, "retries": 1}})
     eps = {c: lab.run(h, c, ["sleep", "3600"], {"network": "app", "name": c,
                                                  "aliases": []})["endpoint"]
            for c, h in (("c1", "h1"), ("c3", "h3"))}
-    converged(lab, 2)
+    lab.run("h3", "w3", [*PY, "http", "80", "w3"],
+            {"network": "app", "name": "w3", "service": "web", "aliases": []})
+    converged(lab, 3)
+    healthy = lambda: api(lab, "h1").get("/v1/status")["lb"]["backends"]  # noqa: E731
+    wait_until(lambda: healthy().get("healthy") == 1, timeout=10, what="w3 healthy on h1")
     os.kill(lab.agent_pid("h3"), signal.SIGKILL)  # agent down, host up
 
     def state(h="h1"):
@@ -243,6 +250,10 @@ def test_agent_down_keeps_entries_host_gone_removes_them(make_lab):
     assert any(eps["c3"]["mac"] in ln for ln in kernel_dump(lab, "h1"))
     r = ns_exec(lab.spec.container_ns("c1"), "ping", "-c", "1", "-W", "2", eps["c3"]["ip"])
     assert r.returncode == 0, r.stdout
+    # its task keeps its last health (nobody checks it now) and is still served
+    assert healthy() == {"healthy": 1, "unhealthy": 0}
+    r = py_in(lab.spec.container_ns("c1"), "hits", f"http://{web['vip']}/", "10")
+    assert json.loads(r.stdout)["counts"] == {"w3": 10}, r.stdout + r.stderr
     # now the host goes too: removed by the next re-probe (fast preset: re-probes back off
     # from 1 s to at most 8 s, each waits 0.5 s for an answer)
     subprocess.run(["ip", "netns", "exec", lab.spec.host_ns("h3"), "ip", "link", "set",
