@@ -274,9 +274,12 @@ class Cluster:
             log.debug("journal sync: %s", exc)
 
     async def durable(self) -> None:
-        """Return once every accepted change is on disk (fdatasync; the API awaits it)."""
+        """Return once every accepted change is on disk (fdatasync; the API awaits it).
+
+        Always through the one sync thread, even when nothing looks unsynced: a lazy
+        sync may be in its fdatasync right now, and this waits behind it."""
         self._persist()
-        if self.journal is not None and self.journal.unsynced and self._loop is not None:
+        if self.journal is not None and self._loop is not None:
             await self._loop.run_in_executor(self._sync_pool, self._sync_journal)
 
     # --- agent down or host down --------------------------------------------------
@@ -302,14 +305,11 @@ class Cluster:
             while True:
                 if self._state_of(name) == "alive":  # back (or never really gone)
                     self._agent_back(name)
-                    assert self.tables is not None
-                    self.tables.member_up(name, self.now())
                     self._pump()
                     return
                 if not await host_answers(addr, port, self.host_probe_timeout):
                     log.info("host %s (%s) does not answer either: removing its entries",
                              name, addr)
-                    self._checks.pop(name, None)
                     self._host_gone(name, failed=True)
                     return
                 if name not in self.answering:
@@ -321,8 +321,6 @@ class Cluster:
                 # feeds its own overload
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.host_probe_max_interval)
-        except asyncio.CancelledError:
-            raise
         finally:
             if self._checks.get(name) is asyncio.current_task():
                 del self._checks[name]
@@ -338,11 +336,14 @@ class Cluster:
         self._pump()
 
     def _agent_back(self, name: str) -> None:
+        """The member is alive (again): stop watching its host, gossip to it."""
+        assert self.tables is not None
         task = self._checks.pop(name, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         self.answering.discard(name)
         self.gone.discard(name)
+        self.tables.member_up(name, self.now())
 
     def _check_unknown_owners(self) -> None:
         """After start: owners of loaded entries that are not alive members may be
@@ -387,7 +388,6 @@ class Cluster:
             case MemberJoin(member=m) | MemberUpdate(member=m):
                 if m.name != self.node and m.is_meshnet:
                     self._agent_back(m.name)
-                    self.tables.member_up(m.name, now)
                 self._member_event(m, "join" if isinstance(ev, MemberJoin) else "update")
             case MemberLeave(member=m):
                 if m.name != self.node and m.is_meshnet:

@@ -210,6 +210,6 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file}: {exc}") from None
         values.update(_normalise(raw, f"config file {file}"))
-    flags = {k: v for k, v in overrides.items() if v is not None and v != () and v != []}
+    flags = {k: v for k, v in overrides.items() if v not in (None, (), [])}
     values.update(_normalise(flags, "command line"))
     return AgentConfig(**values)

@@ -270,12 +270,11 @@ class Tables:
         """Every stored row, tombstones included (the durable copy's compaction)."""
         return [e for rows in self._store.values() for e in rows.values()]
 
-    def owners(self, tables: frozenset[str] | None = None) -> set[str]:
-        """Owners of live entries (of ``tables``; default: the node-scoped ones)."""
+    def owners(self) -> set[str]:
+        """Owners of live entries of the node-scoped tables."""
         out = set()
         for table, rows in self._store.items():
-            if (table in tables) if tables is not None else (
-                    table not in self.config.cluster_tables):
+            if table not in self.config.cluster_tables:
                 out.update(e.owner for e in rows.values() if not e.deleted)
         return out
 
