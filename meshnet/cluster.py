@@ -325,12 +325,16 @@ class Cluster:
             if self._checks.get(name) is asyncio.current_task():
                 del self._checks[name]
 
-    def _host_gone(self, name: str, failed: bool) -> None:
-        assert self.tables is not None
+    def _unwatch(self, name: str) -> None:
+        """Stop watching a member's host (from inside the watch too)."""
         task = self._checks.pop(name, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         self.answering.discard(name)
+
+    def _host_gone(self, name: str, failed: bool) -> None:
+        assert self.tables is not None
+        self._unwatch(name)
         self.gone.add(name)
         self.tables.member_down(name, self.now(), failed=failed)
         self._pump()
@@ -338,10 +342,7 @@ class Cluster:
     def _agent_back(self, name: str) -> None:
         """The member is alive (again): stop watching its host, gossip to it."""
         assert self.tables is not None
-        task = self._checks.pop(name, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        self.answering.discard(name)
+        self._unwatch(name)
         self.gone.discard(name)
         self.tables.member_up(name, self.now())
 
