@@ -250,7 +250,7 @@ def table_convergence(n: int) -> float:
 def simulated_convergence(n: int) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from meshnet.gossip.tables import TableConfig
-    from tests.gossip.test_tables_sim import settled
+    from meshnet.testing.tablesim import settled
 
     sim = settled(n, TableConfig.lan())
     sim.put("n0005", "vteps", "n0005", b"10.0.0.5")

@@ -13,6 +13,11 @@ Design notes
   connection is bounded by ``tcp_timeout``.
 * Outbound TCP: ``asyncio.open_connection`` under the request's deadline; reply bytes
   go to ``stream_reply`` until it says done; errors and timeouts report ``None``.
+* Before the timer acts on a deadline (a probe's end, a suspicion's expiry), every
+  datagram already in the socket is handed to the core: asyncio reads one datagram per
+  loop iteration and runs due timers in that same iteration, so after a stall of the
+  process (a busy box), an ack queued behind other packets would otherwise arrive
+  "after" the deadline it beat, and a live peer would be suspected.
 * Socket errors are operational, not bugs: they are logged at debug level and the
   core sees a failed stream / a lost datagram, which SWIM tolerates by design.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 from meshnet.gossip.core import Memberlist
@@ -55,6 +61,7 @@ class GossipAdapter:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -70,8 +77,17 @@ class GossipAdapter:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._udp, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=self.bind)
+        family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(self.bind)
+            self._udp, _ = await self._loop.create_datagram_endpoint(
+                lambda: _Udp(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
         self._server = await asyncio.start_server(self._serve, self.bind[0], self.bind[1])
         self.core.start(self.now())
         self._pump()
@@ -163,8 +179,25 @@ class GossipAdapter:
         self.core.timer_late(now - max(self._timer_at, self._armed_when), now)
         self._timer = None
         self._timer_at = float("inf")
+        self._drain_udp(now)
         self.core.tick(now)
         self._pump()
+
+    def _drain_udp(self, now: float, limit: int = 1024) -> None:
+        """Hand the core every datagram that has already arrived (see the notes)."""
+        sock = self._sock
+        if sock is None or self._closed:
+            return
+        for _ in range(limit):
+            try:
+                data, addr = sock.recvfrom(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("node=%s subsystem=gossip recvfrom: %s", self.core.name, exc)
+                return
+            self.core.metrics["recv.drained_before_timer"] += 1
+            self.core.handle_datagram(data, (addr[0], addr[1]), now)
 
     def _spawn(self, coro) -> None:
         assert self._loop is not None

@@ -122,7 +122,7 @@ class Member:
         return MESHNET_TAG in self.tags
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NodeRecord:
     name: str
     addr: str

@@ -91,12 +91,16 @@ class SyncMixin(_Base):
         self._new_stream(addr, self._local_push_pull(join), True, now, "push_pull",
                          join_id=join_id)
 
-    def _periodic_push_pull(self, now: float) -> None:
+    def push_pull_period(self) -> float:
+        """memberlist's pushPullScale: the interval grows with log2 of the size past 32."""
         n = self._ms.num_nodes()
         interval = self.config.push_pull_interval
         if n > 32:
             interval *= math.ceil(math.log2(n) - math.log2(32)) + 1
-        self._next_push_pull = now + interval
+        return interval
+
+    def _periodic_push_pull(self, now: float) -> None:
+        self._next_push_pull = now + self.push_pull_period()
         peers = self._k_random(1, lambda r: r.name == self.name or r.state != NodeState.ALIVE)
         if peers:
             self._start_push_pull(peers[0].address, False, now, None)

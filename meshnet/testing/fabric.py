@@ -17,6 +17,9 @@ Design notes
 * ``partition(a, b)`` blocks traffic between two sets of node names; ``heal()``
   removes all partitions. ``kill(name)`` stops a node dead (no leave);
   ``restart(name)`` brings up a fresh core under the same name and address.
+* ``seed_full_view()`` skips the joins of a large simulation: every core knows every
+  other as alive (incarnation 1) with nothing queued, as a long-settled cluster would.
+* ``udp_bytes``/``tcp_bytes`` count what the cores sent (lost datagrams included).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.core import Memberlist
 from meshnet.gossip.events import Event, StreamRequest
 from meshnet.gossip.security import Keyring
+from meshnet.gossip.state import NodeRecord, NodeState
 
 Address = tuple[str, int]
 INF = float("inf")
@@ -62,6 +66,8 @@ class Fabric:
         self._partitions: list[tuple[frozenset[str], frozenset[str]]] = []
         self.delivered = 0
         self.dropped = 0
+        self.udp_bytes = 0
+        self.tcp_bytes = 0
 
     # -- topology ---------------------------------------------------------------
 
@@ -78,6 +84,24 @@ class Fabric:
         core.start(self.now)
         self._flush(node)
         return core
+
+    def seed_full_view(self) -> None:
+        """Make every node know every other as alive, without a message (see notes)."""
+        nodes = list(self.nodes.values())
+        for node in nodes:
+            ms = node.core._ms
+            for other in nodes:
+                if other is node or other.name in ms.nodes:
+                    continue
+                oc = other.core
+                rec = NodeRecord(other.name, other.addr[0], other.addr[1], oc._meta,
+                                 oc.config.vsn, 1, NodeState.ALIVE, self.now)
+                ms.nodes[other.name] = rec
+                ms.order.append(rec)
+            core = node.core
+            core.rng.shuffle(ms.order)
+            if core.config.push_pull_interval > 0:  # spread as in a long-running cluster
+                core._next_push_pull = self.now + core.rng.uniform(0, core.push_pull_period())
 
     def core(self, name: str) -> Memberlist:
         return self.nodes[name].core
@@ -170,6 +194,7 @@ class Fabric:
             core.drain_streams()
             return
         for data, dst in core.drain_outbox():
+            self.udp_bytes += len(data)
             target = self._by_addr.get(dst)
             if self.loss and self.rng.random() < self.loss:
                 self.dropped += 1
@@ -179,6 +204,7 @@ class Fabric:
                 continue
             self._push(self._delay(), "dgram", node.addr, dst, data)
         for req in core.drain_streams():
+            self.tcp_bytes += len(req.data)
             self._push(self._delay(), "stream", node, req)
         node.events.extend(core.drain_events())
         d = core.next_deadline()
@@ -218,6 +244,8 @@ class Fabric:
         src = (node.addr[0], next(self._ephemeral))
         inbound = target.core.open_stream(src, self.now)
         reply = inbound.feed(req.data, self.now)
+        if reply:
+            self.tcp_bytes += len(reply)
         if reply is None and not inbound.done:
             inbound.eof(self.now)
         self._flush(target)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from random import Random
 
+from meshnet.gossip import codec
 from meshnet.gossip.adapter import GossipAdapter
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.core import Memberlist
 from meshnet.gossip.events import MemberJoin, MemberLeave, UserMessage
+from meshnet.gossip.messages import Ack, Alive, Ping, addr_to_wire
 from meshnet.gossip.security import Keyring
 from meshnet.gossip.state import meshnet_meta
 
@@ -66,5 +69,46 @@ def test_two_adapters_join_message_and_leave():
         finally:
             for ad in ads:
                 await ad.stop()
+
+    asyncio.run(main())
+
+
+def test_ack_already_in_the_socket_beats_an_overdue_probe_deadline():
+    """After a stall, asyncio reads one datagram per loop iteration and runs due timers in
+    the same iteration; the adapter must take in what has arrived before the probe ends,
+    or a live peer whose ack sits behind another packet is suspected."""
+    async def main() -> None:
+        cfg = GossipConfig.fast().replace(disable_tcp_pings=True, enable_compression=False)
+        core = Memberlist(cfg, "a", "127.0.0.1", free_port(), meshnet_meta(), Random(1))
+        ad = GossipAdapter(core)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        await ad.start()
+        try:
+            loop = asyncio.get_running_loop()
+            core._ms.alive(Alive(1, "b", addr_to_wire("127.0.0.1"), peer.getsockname()[1],
+                                 meshnet_meta(), cfg.vsn), loop.time())
+            ping = None
+            async with asyncio.timeout(5):
+                while ping is None:
+                    try:
+                        data, _ = peer.recvfrom(65536)
+                    except BlockingIOError:
+                        await asyncio.sleep(0.005)
+                        continue
+                    ping = next((m for m in codec.decode_packet(data).messages
+                                 if isinstance(m, Ping)), None)
+            a_addr = ("127.0.0.1", core.port)
+            peer.sendto(b"\xffnot a memberlist packet", a_addr)  # read first, dropped
+            peer.sendto(codec.encode(Ack(ping.seq_no)), a_addr)
+            time.sleep(cfg.probe_interval * 2)  # the loop stalls past the probe's end
+            await asyncio.sleep(0.05)
+            assert core.metrics["probe.failed"] == 0, core.metrics
+            assert core.metrics["recv.drained_before_timer"] >= 1
+            assert core.member("b").state == "alive"
+        finally:
+            await ad.stop()
+            peer.close()
 
     asyncio.run(main())

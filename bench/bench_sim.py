@@ -1,0 +1,93 @@
+"""Gossip at 1,000 and 5,000 nodes: deterministic simulations (virtual time, one seed).
+
+No box runs 5,000 agents, so this runs the real sans-IO cores (the ``Memberlist`` core
+with memberlist's LAN timings, which is what meshnet's ``lan`` preset and ``serf agent``
+run, and the ``Tables`` core with its ``lan`` config) on the in-memory fabrics of
+``meshnet.testing``: every datagram is encoded, delivered after 0.5-1 ms (membership)
+or 1-10 ms (tables) and decoded; each is lost with the given probability. Streams
+(push/pull, the TCP fallback ping) are not lossy.
+
+Per N and loss rate:
+
+* membership: a settled cluster (every node knows every other; push/pulls spread over
+  memberlist's scaled interval, as in a long-running cluster) runs ``MESHNET_SIM_WINDOW``
+  virtual seconds (default 60; the tables a quarter of it): false suspicions (probes that failed against a live
+  node), false failures, bytes sent per node per second (UDP + TCP, uncompressed); then
+  one node is killed: time until every other node marks it dead.
+* tables: every node holds every host's VTEP row (as in a long-running cluster); one
+  network written on one node, time until every node holds it (p99 over
+  nodes and all); bytes per node per second of the idle tables layer (anti-entropy).
+
+Anchors are memberlist/serf's published behaviour at the same N, loss and timings:
+serf's convergence simulator model (serf.io/docs/internals/simulator; logistic
+infection with contact rate fanout/N x (1 - loss) x 0.5 per 0.2 s round, time to
+99.99 %), memberlist's suspicion timeout (SuspicionMult x log10(N) x ProbeInterval;
+Lifeguard confirmations bring detection near this minimum, the maximum is 6x), and the
+simulator's "estimated max bandwidth" (2 x 1400 B x fanout / interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+from bench.common import Result
+from meshnet.gossip.suspicion import suspicion_timeout
+from meshnet.testing.scale import LAN, membership, tables
+
+WINDOW = float(os.environ.get("MESHNET_SIM_WINDOW", "60"))
+SIZES = [int(x) for x in os.environ.get("MESHNET_SIM_SIZES", "1000,5000").split(",")]
+LOSSES = [float(x) for x in os.environ.get("MESHNET_SIM_LOSSES", "0.01,0.1").split(",")]
+
+
+def serf_model_convergence(n: int, loss: float, interval: float = 0.2, fanout: int = 3,
+                           target: float = 0.9999) -> float:
+    """Seconds to ``target`` in serf's convergence simulator model (its own formula)."""
+    contact = fanout / n * (1 - loss) * 0.5
+    rounds = 0
+    while True:
+        infected = n / (1 + (n + 1) * math.exp(-contact * n * rounds)) / n
+        if infected >= target or rounds >= 1000:
+            return rounds * interval
+        rounds += 1
+
+
+def run() -> list[Result]:
+    logging.getLogger("meshnet").setLevel(logging.ERROR)  # 10 % loss: TCP-fallback notes
+    out: list[Result] = []
+    for n in SIZES:
+        for loss in LOSSES:
+            tag = f"N={n}, {loss:.0%} loss"
+            t0 = time.monotonic()
+            m = membership(n, loss, n + int(loss * 100), WINDOW)
+            t = tables(n, loss, n + int(loss * 100), WINDOW / 4)
+            wall = time.monotonic() - t0
+            model = serf_model_convergence(n, loss)
+            out += [
+                Result("sim", f"{tag}: one change on every node, p99 over nodes", "s",
+                       t["p99_s"], "serf simulator model, 99.99 %", model, goal="<= 1 s",
+                       notes=f"{tag}: every node after {t['all_s']:.2f} s; simulated in "
+                             f"{wall:.0f} s of wall time"),
+                Result("sim", f"{tag}: kill -9 marked dead by all", "s", m["detect_s"],
+                       "memberlist minimum suspicion timeout", suspicion_timeout(
+                           LAN.suspicion_mult, n, LAN.probe_interval),
+                       goal="near the minimum (max is 6x)"),
+                Result("sim", f"{tag}: false suspicions in {WINDOW:.0f} s", "",
+                       m["false_suspicions"], "goal (no anchor)", 0, goal="0 below 10 % loss"),
+                Result("sim", f"{tag}: false failures in {WINDOW:.0f} s (+ wrong deaths after "
+                              "the kill)", "", m["false_failures"] + m["wrong_deaths"],
+                       "goal (no anchor)", 0, goal="0"),
+                Result("sim", f"{tag}: membership bytes per node per second", "B/s",
+                       m["bytes_node_s"], "serf simulator max bandwidth",
+                       2 * 1400 * 3 / 0.2, goal="O(1) in N"),
+                Result("sim", f"{tag}: tables idle bytes per node per second", "B/s",
+                       t["idle_bytes_node_s"], "goal (no anchor)", 0, goal="O(1) in N"),
+            ]
+    return out
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(r.metric, round(r.meshnet, 3), r.unit, "|", r.anchor_name, round(r.anchor, 3))
