@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from meshnet import __version__
 from meshnet.errors import UserError
 
 DEFAULT_API = "/run/meshnet/api.sock"
@@ -306,28 +307,50 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--api", metavar="SOCKET", help="agent API socket (env MESHNET_API)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _Parser(prog="meshnet", description="meshnet: container network data plane")
+    p = _Parser(prog="meshnet", description="meshnet: container network data plane",
+                epilog="--api and --json may come before the command or after it.")
+    p.add_argument("--version", action="version", version=f"meshnet {__version__}")
+    p.add_argument("--api", dest="global_api", metavar="SOCKET",
+                   help="agent API socket, for the commands that talk to an agent")
+    p.add_argument("--json", dest="global_json", action="store_true",
+                   help="machine-readable output, for the commands that print")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("agent", help="run the per-host agent")
-    a.add_argument("--config", metavar="FILE", help="TOML config (default /etc/meshnet/config.toml)")
-    a.add_argument("--node", metavar="NAME")
-    a.add_argument("--bind", metavar="ADDR[:PORT]")
-    a.add_argument("--advertise", metavar="ADDR")
-    a.add_argument("--join", metavar="ADDR[:PORT]", action="append")
-    a.add_argument("--api", metavar="SOCKET")
-    a.add_argument("--encrypt-key", metavar="BASE64")
-    a.add_argument("--lb", choices=("auto", "ipvs", "iptables", "nftables"))
-    a.add_argument("--runtime", choices=("netns", "docker"))
-    a.add_argument("--metrics", metavar="ADDR:PORT")
-    a.add_argument("--gossip-preset", choices=("lan", "fast"))
-    a.add_argument("--underlay-mtu", type=int, metavar="N")
-    a.add_argument("--dns-upstream", metavar="ADDR[:PORT]", action="append")
-    a.add_argument("--state-dir", metavar="DIR")
-    a.add_argument("--netns-prefix", metavar="PREFIX", help="prefix of namespaces it creates")
-    a.add_argument("--gwbridge-subnet", metavar="CIDR", help="egress bridge subnet")
+    a.add_argument("--config", metavar="FILE",
+                   help="TOML config; flags override it (default: /etc/meshnet/config.toml)")
+    a.add_argument("--node", metavar="NAME", help="node name in the cluster (default: hostname)")
+    a.add_argument("--bind", metavar="ADDR[:PORT]",
+                   help="gossip address and port, UDP and TCP (default: 0.0.0.0:7946)")
+    a.add_argument("--advertise", metavar="ADDR",
+                   help="address peers reach us at and VXLAN tunnels end on (default: the bind address)")
+    a.add_argument("--join", metavar="ADDR[:PORT]", action="append",
+                   help="a member to join, retried until one answers (repeatable)")
+    a.add_argument("--api", metavar="SOCKET",
+                   help=f"unix socket to serve the API on (default: {DEFAULT_API})")
+    a.add_argument("--encrypt-key", metavar="BASE64",
+                   help="gossip encryption key (serf keygen / meshnet keys generate)")
+    a.add_argument("--lb", choices=("auto", "ipvs", "iptables", "nftables"),
+                   help="load-balancing backend (default: auto = IPVS if the kernel has it, else iptables)")
+    a.add_argument("--runtime", choices=("netns", "docker"),
+                   help="what containers are: named network namespaces or Docker (default: netns)")
+    a.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics over HTTP here (default: off)")
+    a.add_argument("--gossip-preset", choices=("lan", "fast"),
+                   help="gossip timings: lan = memberlist/serf defaults; fast = small clusters (default: lan)")
+    a.add_argument("--underlay-mtu", type=int, metavar="N",
+                   help="MTU of the underlay (default: that of the advertise address's interface)")
+    a.add_argument("--dns-upstream", metavar="ADDR[:PORT]", action="append",
+                   help="resolver for names outside the cluster (repeatable; default: resolv.conf)")
+    a.add_argument("--state-dir", metavar="DIR",
+                   help="where the durable tables live (default: /var/lib/meshnet)")
+    a.add_argument("--netns-prefix", metavar="PREFIX",
+                   help="prefix of the namespaces it creates (default: mn-)")
+    a.add_argument("--gwbridge-subnet", metavar="CIDR",
+                   help="egress bridge subnet, host-local (default: 198.18.0.0/16)")
     a.add_argument("--docker-socket", metavar="PATH", help="Docker API socket (--runtime docker)")
-    a.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    a.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="log verbosity (default: info)")
     a.add_argument("--leave-on-terminate", action="store_true", default=None,
                    help="SIGTERM leaves the cluster (default: SIGTERM is a restart; "
                         "decommission with 'meshnet leave')")
@@ -344,28 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     net = sub.add_parser("network", help="overlay networks").add_subparsers(
         dest="network_cmd", required=True, parser_class=_Parser)
     nc = net.add_parser("create", parents=[common], help="create an overlay network")
-    nc.add_argument("name")
-    nc.add_argument("--subnet", required=True, metavar="CIDR")
-    nc.add_argument("--vni", type=int, metavar="N")
-    nc.add_argument("--mtu", type=int, metavar="N")
-    nc.add_argument("--internal", action="store_true")
+    nc.add_argument("name", help="network name")
+    nc.add_argument("--subnet", required=True, metavar="CIDR", help="IPv4 subnet of the network")
+    nc.add_argument("--vni", type=int, metavar="N", help="VXLAN id (default: allocated)")
+    nc.add_argument("--mtu", type=int, metavar="N",
+                    help="container MTU (default: underlay MTU - 50)")
+    nc.add_argument("--internal", action="store_true", help="no egress to the outside")
     nc.set_defaults(func=cmd_network_create)
     net.add_parser("ls", parents=[common], help="list networks").set_defaults(func=cmd_network_ls)
     nr = net.add_parser("rm", parents=[common], help="remove a network")
-    nr.add_argument("name")
+    nr.add_argument("name", help="network name")
     nr.set_defaults(func=cmd_network_rm)
 
     at = sub.add_parser("attach", parents=[common], help="attach a namespace to a network")
     at.add_argument("netns", metavar="NETNS", help="netns name or /proc/PID/ns/net")
-    at.add_argument("--network", required=True)
-    at.add_argument("--name")
-    at.add_argument("--service")
-    at.add_argument("--alias", action="append")
-    at.add_argument("--ip")
+    at.add_argument("--network", required=True, help="network to attach to")
+    at.add_argument("--name", help="container name (DNS; default: the netns name)")
+    at.add_argument("--service", help="as a task of this service")
+    at.add_argument("--alias", action="append", help="DNS alias (repeatable)")
+    at.add_argument("--ip", help="this address instead of an allocated one")
     at.set_defaults(func=cmd_attach)
     dt = sub.add_parser("detach", parents=[common], help="detach a namespace")
-    dt.add_argument("netns", metavar="NETNS")
-    dt.add_argument("--network")
+    dt.add_argument("netns", metavar="NETNS", help="netns name or /proc/PID/ns/net")
+    dt.add_argument("--network", help="only from this network (default: all)")
     dt.set_defaults(func=cmd_detach)
     ep = sub.add_parser("endpoint", help="endpoints (attached containers)").add_subparsers(
         dest="endpoint_cmd", required=True, parser_class=_Parser)
@@ -375,32 +399,39 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("service", help="load-balanced services").add_subparsers(
         dest="service_cmd", required=True, parser_class=_Parser)
     sc = sv.add_parser("create", parents=[common], help="create a service")
-    sc.add_argument("name")
-    sc.add_argument("--network", required=True)
-    sc.add_argument("--mode", choices=("vip", "dnsrr"), default="vip")
-    sc.add_argument("--port", action="append", metavar="PORT[/tcp|/udp]")
+    sc.add_argument("name", help="service name (DNS)")
+    sc.add_argument("--network", required=True, help="network of the service and its tasks")
+    sc.add_argument("--mode", choices=("vip", "dnsrr"), default="vip",
+                    help="vip: one virtual IP, load-balanced; dnsrr: DNS answers the tasks")
+    sc.add_argument("--port", action="append", metavar="PORT[/tcp|/udp]",
+                    help="port the VIP serves (repeatable)")
     sc.add_argument("--vip", metavar="ADDR", help="pick the VIP (default: allocated)")
-    sc.add_argument("--health", metavar="tcp|http[:PATH]")
-    sc.add_argument("--health-interval", type=float, metavar="S")
-    sc.add_argument("--health-timeout", type=float, metavar="S")
-    sc.add_argument("--health-retries", type=int, metavar="N")
-    sc.add_argument("--affinity", choices=("none", "client-ip"), default="none")
+    sc.add_argument("--health", metavar="tcp|http[:PATH]",
+                    help="health check of each task (default: none)")
+    sc.add_argument("--health-interval", type=float, metavar="S", help="seconds between checks")
+    sc.add_argument("--health-timeout", type=float, metavar="S", help="seconds a check may take")
+    sc.add_argument("--health-retries", type=int, metavar="N",
+                    help="failed checks before a task is taken out")
+    sc.add_argument("--affinity", choices=("none", "client-ip"), default="none",
+                    help="client-ip: a client keeps reaching the same task")
     sc.set_defaults(func=cmd_service_create)
     sv.add_parser("ls", parents=[common], help="list services").set_defaults(
         func=cmd_service_ls)
     sr = sv.add_parser("rm", parents=[common], help="remove a service")
-    sr.add_argument("name")
+    sr.add_argument("name", help="service name")
     sr.set_defaults(func=cmd_service_rm)
 
     pb = sub.add_parser("publish", parents=[common], help="publish a service port")
-    pb.add_argument("mapping", metavar="PUBLISHED:TARGET[/tcp|/udp]")
-    pb.add_argument("--mode", choices=("ingress", "host"), default="ingress")
-    pb.add_argument("--service")
+    pb.add_argument("mapping", metavar="PUBLISHED:TARGET[/tcp|/udp]",
+                    help="host port and the service's target port")
+    pb.add_argument("--mode", choices=("ingress", "host"), default="ingress",
+                    help="ingress: every host accepts the port (routing mesh); host: only hosts with a task")
+    pb.add_argument("--service", help="the service behind the port")
     pb.add_argument("--local-only", action="store_true",
                     help="serve only local tasks and keep the client's address")
     pb.set_defaults(func=cmd_publish)
     up = sub.add_parser("unpublish", parents=[common], help="remove a published port")
-    up.add_argument("port", metavar="PUBLISHED[/tcp|/udp]")
+    up.add_argument("port", metavar="PUBLISHED[/tcp|/udp]", help="the published port")
     up.set_defaults(func=cmd_unpublish)
 
     tr = sub.add_parser("trace", parents=[common],
@@ -426,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     for op, what in (("install", "add a key cluster-wide"), ("use", "make a key primary"),
                      ("remove", "remove a key cluster-wide")):
         kp = keys.add_parser(op, parents=[common], help=what)
-        kp.add_argument("key")
+        kp.add_argument("key", help="base64 key")
         kp.set_defaults(func=cmd_keys)
 
     from meshnet.lab.cli import add_lab_parser
@@ -443,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    for name in ("api", "json"):  # global options given before the command
+        value = getattr(args, f"global_{name}")
+        if value:
+            if not hasattr(args, name):
+                parser.error(f"--{name} does not apply to this command")
+            if not getattr(args, name):
+                setattr(args, name, value)
     if rest is not None:
         if not hasattr(args, "command_args"):
             parser.error("unexpected '--'")

@@ -344,3 +344,35 @@ def test_kill9_during_writes_loses_no_accepted_change(make_lab):
         wait_until(lambda: names("h1") == names("h2") and every <= names("h1"), timeout=20,
                    what=f"h1 whole again from h2 after {damage}")
     assert list(journal.parent.glob("tables.journal.corrupt-*"))
+
+
+# --- `meshnet lab stop / restart` (issue 19) ------------------------------------------
+
+
+def test_lab_stop_and_restart_commands_keep_the_data_plane(busy):
+    lab, web, outside = busy
+    labcmd = [sys.executable, "-m", "meshnet", "lab"]
+
+    def run(*args):
+        r = subprocess.run([*labcmd, *args, "--name", lab.spec.name], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    before_kernel = kernel(lab)
+    traffic = Traffic(lab, web, outside, seconds=10)
+    time.sleep(1)
+    old = lab.agent_pid("h2")
+    assert "up again" in run("restart", "h2")
+    assert lab.agent_running("h2") and lab.agent_pid("h2") != old
+    assert "stopped" in run("stop", "h1")
+    assert not lab.agent_running("h1")
+    assert "was not running" in run("stop", "h1")
+    time.sleep(2)
+    # as if the lab had been brought up with --agent-arg=--gossip-preset --agent-arg=lan
+    (lab.spec.state_dir / "agent-args.json").write_text('["--gossip-preset", "lan"]')
+    run("restart", "h1")
+    assert lab.agent_running("h1")
+    assert api(lab, "h1").get("/v1/status")["gossip"]["preset"] == "lan"
+    Traffic.check(traffic.results())
+    assert kernel(lab) == before_kernel

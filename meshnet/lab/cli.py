@@ -26,23 +26,32 @@ def add_lab_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         return p
 
     up = named("up", "build a lab and start one agent per host")
-    up.add_argument("--hosts", type=int, default=3)
-    up.add_argument("--underlay-mtu", type=int, default=1500)
+    up.add_argument("--hosts", type=int, default=3, metavar="N",
+                    help="number of hosts, 1-250 (default: 3)")
+    up.add_argument("--underlay-mtu", type=int, default=1500, metavar="N",
+                    help="MTU of the lab's underlay network (default: 1500)")
     up.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for every agent (repeatable)")
-    lab.add_parser("ls", help="list labs").set_defaults(func=dispatch)
-    lab._name_parser_map["ls"].add_argument("--json", action="store_true")
+                    help="extra argument for every agent (repeatable; kept for restarts)")
+    ls = lab.add_parser("ls", help="list labs")
+    ls.set_defaults(func=dispatch)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ex = named("exec", "run a command inside a host's namespace")
-    ex.add_argument("host")
-    ex.add_argument("command_args", nargs="*", metavar="-- COMMAND")
+    ex.add_argument("host", help="host name (h1, h2, ...)")
+    ex.add_argument("command_args", nargs="*", metavar="-- COMMAND", help="what to run")
     run = named("run", "start a 'container' namespace on a host")
-    run.add_argument("host")
-    run.add_argument("container")
-    run.add_argument("--network")
-    run.add_argument("--service")
-    run.add_argument("--alias", action="append", default=[])
-    run.add_argument("--ip")
-    run.add_argument("command_args", nargs="*", metavar="-- COMMAND")
+    run.add_argument("host", help="host name (h1, h2, ...)")
+    run.add_argument("container", help="container name (its namespace is L-NAME)")
+    run.add_argument("--network", help="attach it to this network")
+    run.add_argument("--service", help="as a task of this service")
+    run.add_argument("--alias", action="append", default=[], help="DNS alias (repeatable)")
+    run.add_argument("--ip", help="this address instead of an allocated one")
+    run.add_argument("command_args", nargs="*", metavar="-- COMMAND", help="what to run")
+    for name, what in (("stop", "stop a host's agent (SIGTERM: the data plane keeps "
+                                "forwarding; start it again with 'lab restart')"),
+                       ("restart", "restart a host's agent (or start a stopped one) with "
+                                   "the lab's agent arguments")):
+        p = named(name, what)
+        p.add_argument("host", help="host name (h1, h2, ...)")
     named("down", "remove the lab and everything it created")
 
 
@@ -92,6 +101,18 @@ def dispatch(args: argparse.Namespace) -> None:
         removed = lab.down()
         _print(args, {"removed": removed},
                f"lab {args.name} down ({len(removed)} namespaces removed)")
+    elif cmd == "stop":
+        lab = Lab.load(args.name)
+        stopped = lab.stop_agent(args.host)
+        _print(args, {"host": args.host, "stopped": stopped},
+               f"agent on {args.host} stopped" if stopped
+               else f"agent on {args.host} was not running")
+    elif cmd == "restart":
+        lab = Lab.load(args.name)
+        lab.stop_agent(args.host)
+        lab.restart_agent(args.host)
+        _print(args, {"host": args.host, "pid": lab.agent_pid(args.host)},
+               f"agent on {args.host} up again (pid {lab.agent_pid(args.host)})")
     elif cmd == "exec":
         lab = Lab.load(args.name)
         host = lab.check_host(args.host)

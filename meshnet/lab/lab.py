@@ -106,6 +106,7 @@ class Lab:
                            f"{spec.name}' first)")
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         (spec.state_dir / "lab.json").write_text(json.dumps(spec.to_dict()))
+        (spec.state_dir / "agent-args.json").write_text(json.dumps(list(agent_args)))
         raised = ensure_neighbour_capacity(neighbour_need(len(spec.host_names)))
         if raised:
             progress(f"raised the kernel's neighbour table limits (gc_thresh1/2/3, shared by "
@@ -262,15 +263,34 @@ class Lab:
             return "no log"
         return lines[-1] if lines else "empty log"
 
-    def restart_agent(self, host: str, extra: Sequence[str] = (),
+    def saved_agent_args(self) -> list[str]:
+        """The ``--agent-arg`` list the lab was brought up with."""
+        try:
+            args = json.loads((self.spec.state_dir / "agent-args.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(a) for a in args] if isinstance(args, list) else []
+
+    def restart_agent(self, host: str, extra: Sequence[str] | None = None,
                       env: dict[str, str] | None = None, wait: bool = True) -> None:
-        """Start the host's agent again (after a crash or a kill) and wait for its API."""
+        """Start the host's agent again (after a crash, a kill or ``stop_agent``) with the
+        lab's agent arguments (or ``extra``) and wait for its API."""
         self.check_host(host)
         if self.agent_running(host):
             raise Conflict(f"agent on {host} is running")
-        self._start_agent(host, extra, env)
+        self._start_agent(host, self.saved_agent_args() if extra is None else extra, env)
         if wait:
             self._wait_agent(host)
+
+    def stop_agent(self, host: str, timeout: float = 15.0) -> bool:
+        """SIGTERM the host's agent and wait for it to exit (to the agent a restart: the
+        kernel state stays and traffic keeps flowing). False if it was not running."""
+        self.check_host(host)
+        pid = self.agent_pid(host)
+        if pid is None or not self.agent_running(host):
+            return False
+        netns.kill_pids([pid], grace=timeout)
+        return True
 
     # --- containers ---------------------------------------------------------------
 
