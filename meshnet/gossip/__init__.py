@@ -10,7 +10,8 @@ Modules, innermost first (all sans-IO except ``adapter``):
 * ``lzw``: Go ``compress/lzw`` (LSB, 8). ``security``: keyring + AES-GCM framing.
 * ``config``: ``GossipConfig`` with ``lan()``, ``local()`` (memberlist defaults)
   and ``fast()`` (meshnet's small-cluster preset).
-* ``state`` (member table and every transition), ``suspicion``, ``awareness``,
+* ``member``: ``Member`` snapshots and serf's tag meta. ``state`` (member table and
+  every transition), ``suspicion``, ``awareness``,
   ``broadcast``: SWIM + Lifeguard building blocks.
 * ``core`` (+ ``probe``, ``sync`` mixins): ``Memberlist``, the node. Takes bytes and
   ``now``, returns datagrams, stream requests and events. ``events``: what it returns.
@@ -24,5 +25,5 @@ Interop: a meshnet node is a valid member of a Debian ``serf`` 0.9.4 cluster (Vs
 ``[1,5,2,2,5,5]``, serf tag meta, serf leave intent on leave). Application messages
 are memberlist user messages whose first byte is not a serf type (meshnet's start
 with ``b"m"``); they go point to point, and only to members carrying the ``mn`` tag
-(``state.MESHNET_TAG``), so serf agents never receive anything they cannot decode.
+(``member.MESHNET_TAG``), so serf agents never receive anything they cannot decode.
 """

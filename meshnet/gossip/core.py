@@ -46,6 +46,7 @@ from meshnet.gossip.awareness import Awareness
 from meshnet.gossip.broadcast import Broadcast, BroadcastQueue
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import Address, Event, StreamRequest, UserMessage
+from meshnet.gossip.member import Member
 from meshnet.gossip.messages import (
     TYPE_NAMES,
     USER,
@@ -63,7 +64,7 @@ from meshnet.gossip.messages import (
 )
 from meshnet.gossip.probe import ProbeMixin, ProbeState, RelayState
 from meshnet.gossip.security import Keyring, encrypt_overhead
-from meshnet.gossip.state import Member, Membership, NodeRecord, NodeState
+from meshnet.gossip.state import Membership, NodeRecord, NodeState
 from meshnet.gossip.stream import Limits, encode_user_stream
 from meshnet.gossip.sync import JoinOp, PendingStream, SyncMixin
 
