@@ -264,6 +264,16 @@ def cmd_keys(args: argparse.Namespace) -> None:
     emit(args, data, text)
 
 
+def cmd_install_unit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from meshnet.install import install_unit
+
+    done = install_unit(Path(args.unit_dir), Path(args.config_dir), force=args.force)
+    emit(args, done, lambda d: "\n".join(f"{path}: {what}" for path, what in d.items())
+         + "\nthen: systemctl daemon-reload && systemctl enable --now meshnet")
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> None:
     from meshnet.keys import generate_key
 
@@ -300,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--bind", metavar="ADDR[:PORT]",
                    help="gossip address and port, UDP and TCP (default: 0.0.0.0:7946)")
     a.add_argument("--advertise", metavar="ADDR",
-                   help="address peers reach us at and VXLAN tunnels end on (default: the bind address)")
+                   help="address peers reach us at and VXLAN tunnels end on (default: the bind address, or with 0.0.0.0 the source address of the default route)")
     a.add_argument("--join", metavar="ADDR[:PORT]", action="append",
                    help="a member to join, retried until one answers (repeatable)")
     a.add_argument("--api", metavar="SOCKET",
@@ -436,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
         kp = keys.add_parser(op, parents=[common], help=what)
         kp.add_argument("key", help="base64 key")
         kp.set_defaults(func=cmd_keys)
+
+    iu = sub.add_parser("install-unit",
+                        help="write the systemd unit (running this meshnet) and a sample config")
+    iu.add_argument("--unit-dir", default="/etc/systemd/system", metavar="DIR",
+                    help="where the unit goes (default: /etc/systemd/system)")
+    iu.add_argument("--config-dir", default="/etc/meshnet", metavar="DIR",
+                    help="where config.toml goes if there is none (default: /etc/meshnet)")
+    iu.add_argument("--force", action="store_true", help="replace an existing unit")
+    iu.add_argument("--json", action="store_true", help="machine-readable output")
+    iu.set_defaults(func=cmd_install_unit)
 
     from meshnet.lab.cli import add_lab_parser
 
