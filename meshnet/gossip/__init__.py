@@ -13,7 +13,8 @@ Modules, innermost first (all sans-IO except ``adapter``):
 * ``member``: ``Member`` snapshots and serf's tag meta. ``state`` (member table and
   every transition), ``suspicion``, ``awareness``,
   ``broadcast``: SWIM + Lifeguard building blocks.
-* ``core`` (+ ``probe``, ``sync`` mixins): ``Memberlist``, the node. Takes bytes and
+* ``core``: ``Memberlist``, the node, with its ``probe.Prober`` (UDP failure
+  detection) and ``sync.Syncer`` (everything over TCP). Takes bytes and
   ``now``, returns datagrams, stream requests and events. ``events``: what it returns.
 * ``adapter``: asyncio UDP endpoint + TCP server + one timer around a core.
 * ``tables*`` / ``tablecodec``: the replicated tables layer (separate owner).
