@@ -29,7 +29,7 @@ UDP batch exactly without re-encoding (msgpack arrays concatenate: header + item
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -177,18 +177,25 @@ def chunk_push_pull(reply: bool, blobs: Iterable[bytes], max_size: int) -> list[
     Only the first chunk carries ``reply`` (the peer answers once). An empty state
     still gives one (empty) message, so a peer with nothing still asks for a reply.
     """
-    budget = max_size - PUSH_PULL_OVERHEAD
+    return _chunks(blobs, max_size - PUSH_PULL_OVERHEAD,
+                   lambda first, items: pack_push_pull(reply and first, items))
+
+
+def _chunks(blobs: Iterable[bytes], budget: int,
+            pack: Callable[[bool, list[bytes]], bytes]) -> list[bytes]:
+    """Entry blobs packed into messages of at most ``budget`` bytes of entries each
+    (``pack(first, items)``); at least one message, even for no entries."""
     out: list[bytes] = []
     cur: list[bytes] = []
     size = 0
     for blob in blobs:
         if cur and size + len(blob) > budget:
-            out.append(pack_push_pull(reply and not out, cur))
+            out.append(pack(not out, cur))
             cur, size = [], 0
         cur.append(blob)
         size += len(blob)
     if cur or not out:
-        out.append(pack_push_pull(reply and not out, cur))
+        out.append(pack(not out, cur))
     return out
 
 
@@ -204,22 +211,12 @@ def chunk_sync(reply: bool, owners: Sequence[str], blobs: Iterable[bytes],
     head_owners = msgpack.packb(list(owners), use_bin_type=True)
     budget = max_size - PUSH_PULL_OVERHEAD - len(head_owners)
 
-    def pack(flag: bool, items: list[bytes]) -> bytes:
-        head = b"\x94" + msgpack.packb(KIND_SYNC) + msgpack.packb(flag) + head_owners
+    def pack(first: bool, items: list[bytes]) -> bytes:
+        flag = msgpack.packb(reply and first)
+        head = b"\x94" + msgpack.packb(KIND_SYNC) + flag + head_owners
         return b"".join((PREFIX, head, _array_header(len(items)), *items))
 
-    out: list[bytes] = []
-    cur: list[bytes] = []
-    size = 0
-    for blob in blobs:
-        if cur and size + len(blob) > budget:
-            out.append(pack(reply and not out, cur))
-            cur, size = [], 0
-        cur.append(blob)
-        size += len(blob)
-    if cur or not out:
-        out.append(pack(reply and not out, cur))
-    return out
+    return _chunks(blobs, budget, pack)
 
 
 # --- decoding (peer garbage raises TableDecodeError) ---------------------------------
