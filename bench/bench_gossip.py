@@ -99,6 +99,17 @@ def meshnet_detection(n: int) -> float:
         lab.down()
 
 
+def stop_serf(procs: list[subprocess.Popen], lab: Lab) -> None:
+    """Kill serf agents (each in its own session) and take their lab down."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    lab.down()
+
+
 class SerfCluster:
     def __init__(self, n: int, tag: str, profile: str = "lan") -> None:
         self.lab = Lab(LabSpec(name=f"bs{os.getpid() % 1000}{tag}", hosts=1))
@@ -131,13 +142,7 @@ class SerfCluster:
         return len(r.stdout.splitlines())
 
     def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        self.lab.down()
+        stop_serf(self.procs, self.lab)
 
 
 def serf_detection(n: int, profile: str = "lan") -> float:

@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.bench_cluster import _counters, _cpu, _rss_mb, _spread
-from bench.bench_gossip import _tx_bytes, _wait, kill_and_detect
+from bench.bench_gossip import _tx_bytes, _wait, kill_and_detect, stop_serf
 from bench.common import Result
 from meshnet.api.client import ApiClient
 from meshnet.lab.lab import Lab
@@ -189,13 +189,7 @@ class Serf:
         return out
 
     def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        self.lab.down()
+        stop_serf(self.procs, self.lab)
 
 
 def serf_side(n: int) -> dict[str, float]:
