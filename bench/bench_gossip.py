@@ -66,31 +66,48 @@ def _all_alive(lab: Lab, hosts: list[str], n: int) -> bool:
     return all(len(v) == n and set(v.values()) == {"alive"} for v in views)
 
 
+def kill_and_detect(lab: Lab, victim: str, timeout: float) -> float:
+    """``kill -9`` the victim's agent; seconds until every other agent logged it failed
+    (the agents' log lines carry ms timestamps)."""
+    others = [h for h in lab.spec.host_names if h != victim]
+    t0 = time.time()
+    os.kill(lab.agent_pid(victim), signal.SIGKILL)
+    seen: dict[str, float] = {}
+
+    def all_marked() -> bool:
+        for h in others:
+            if h in seen:
+                continue
+            for m in FAILED_RE.finditer((lab.spec.state_dir / f"{h}.log").read_text()):
+                if m.group(2) == victim:
+                    ts = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
+                    seen[h] = ts.replace(tzinfo=UTC).timestamp()
+                    break
+        return len(seen) == len(others)
+    _wait(all_marked, timeout, "every agent to mark the victim failed", interval=0.5)
+    return max(seen.values()) - t0
+
+
 def meshnet_detection(n: int) -> float:
     lab = _lab(n, f"d{n}")
     try:
         hosts = lab.spec.host_names
         _wait(lambda: _all_alive(lab, hosts, n), 60, f"{n} meshnet agents alive")
         time.sleep(2)
-        victim = hosts[-1]
-        t0 = time.time()
-        os.kill(lab.agent_pid(victim), signal.SIGKILL)
-        seen: dict[str, float] = {}
-
-        def all_marked() -> bool:
-            for h in hosts[:-1]:
-                if h in seen:
-                    continue
-                for m in FAILED_RE.finditer((lab.spec.state_dir / f"{h}.log").read_text()):
-                    if m.group(2) == victim:
-                        ts = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
-                        seen[h] = ts.replace(tzinfo=UTC).timestamp()
-                        break
-            return len(seen) == n - 1
-        _wait(all_marked, 60, "every agent to mark the victim failed")
-        return max(seen.values()) - t0
+        return kill_and_detect(lab, hosts[-1], 60)
     finally:
         lab.down()
+
+
+def stop_serf(procs: list[subprocess.Popen], lab: Lab) -> None:
+    """Kill serf agents (each in its own session) and take their lab down."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    lab.down()
 
 
 class SerfCluster:
@@ -125,13 +142,7 @@ class SerfCluster:
         return len(r.stdout.splitlines())
 
     def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        self.lab.down()
+        stop_serf(self.procs, self.lab)
 
 
 def serf_detection(n: int, profile: str = "lan") -> float:

@@ -36,10 +36,9 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 from bench.bench_cluster import _counters, _cpu, _rss_mb, _spread
-from bench.bench_gossip import FAILED_RE, _tx_bytes, _wait
+from bench.bench_gossip import _tx_bytes, _wait, kill_and_detect, stop_serf
 from bench.common import Result
 from meshnet.api.client import ApiClient
 from meshnet.lab.lab import Lab
@@ -123,23 +122,7 @@ def meshnet_side(n: int, with_containers: bool) -> dict[str, float]:
         out["cpu"] = statistics.median((b - a) / span * 100 for a, b in zip(cpu0, cpu1,
                                                                              strict=True))
         out["rss"] = statistics.median(_rss_mb(p) for p in pids)
-        victim = hosts[-1]
-        t0 = time.time()
-        os.kill(lab.agent_pid(victim), signal.SIGKILL)
-        seen: dict[str, float] = {}
-
-        def all_marked() -> bool:
-            for h in hosts[:-1]:
-                if h in seen:
-                    continue
-                for m in FAILED_RE.finditer((lab.spec.state_dir / f"{h}.log").read_text()):
-                    if m.group(2) == victim:
-                        ts = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
-                        seen[h] = ts.replace(tzinfo=UTC).timestamp()
-                        break
-            return len(seen) == n - 1
-        _wait(all_marked, 120, "every agent to mark the victim failed", interval=0.5)
-        out["detect"] = max(seen.values()) - t0
+        out["detect"] = kill_and_detect(lab, hosts[-1], 120)
     finally:
         lab.down()
     return out
@@ -206,13 +189,7 @@ class Serf:
         return out
 
     def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        self.lab.down()
+        stop_serf(self.procs, self.lab)
 
 
 def serf_side(n: int) -> dict[str, float]:

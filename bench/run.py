@@ -3,6 +3,7 @@
     python -m bench.run            # every bench/bench_*.py
     python -m bench.run lab gossip  # only these; other sections keep their last figures
     python -m bench.run --render    # rewrite benchmarks.md from benchmarks.json
+    python -m bench.run --update X  # re-measure some rows of X (env), keep its others
 
 Results are also kept in docs/benchmarks.json so that a partial run keeps the rest.
 """
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
         store = DOCS / "benchmarks.json"
         (DOCS / "benchmarks.md").write_text(render(json.loads(store.read_text())))
         return 0
+    update = "--update" in argv  # replace only the rows measured now, keep the others
+    argv = [a for a in argv if a != "--update"]
     names = argv or available()
     unknown = set(names) - set(available())
     if unknown:
@@ -85,8 +88,18 @@ def main(argv: list[str]) -> int:
         for r in rs:
             print(f"   {r.metric}: meshnet {r.meshnet:.4g} {r.unit}, {r.anchor_name} "
                   f"{r.anchor:.4g} {r.unit}, ratio {r.ratio:.3g}", flush=True)
-        results[name] = {"command": f".venv/bin/python -m bench.run {name}",
-                         "machine": machine(), "results": [r.to_dict() for r in rs]}
+        env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                       if k.startswith(("MESHNET_BENCH_", "MESHNET_SIM_")))
+        command = f"{env + ' ' if env else ''}.venv/bin/python -m bench.run " \
+                  f"{'--update ' if update else ''}{name}"
+        rows = [r.to_dict() for r in rs]
+        old = results.get(name)
+        if update and old:
+            fresh = {r["metric"]: r for r in rows}
+            kept = [fresh.pop(r["metric"], r) for r in old["results"]]
+            rows = kept + list(fresh.values())
+            command = f"{old['command']}; then {command} (the rows it measured)"
+        results[name] = {"command": command, "machine": machine(), "results": rows}
     DOCS.mkdir(exist_ok=True)
     store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     (DOCS / "benchmarks.md").write_text(render(results))

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from meshnet.errors import Conflict, NotFound, UserError
 from meshnet.gwbridge.kernel import GwKernel
 from meshnet.gwbridge.reconciler import GwReconciler
 from meshnet.gwbridge.state import Allocation
+from meshnet.hostport import HostPort
 from meshnet.ipvs.agentlb import TABLES as LB_TABLES
 from meshnet.ipvs.agentlb import LoadBalancing
 from meshnet.ipvs.ipvs import ipvs_available
@@ -48,6 +49,7 @@ from meshnet.services import create_service, publish_port, remove_service, unpub
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
 from meshnet.systemd import Notifier
+from meshnet.trace.service import Tracer
 from meshnet.vxlan.ipam import allocate, check_static
 from meshnet.vxlan.kernel import OverlayKernel
 from meshnet.vxlan.reconciler import OverlayKernelPort, OverlayReconciler
@@ -111,7 +113,6 @@ class Agent:
         self.prefix = config.netns_prefix or "mn-"
         self.vtep = config.advertise_addr
         self._stop = asyncio.Event()
-        self._api = None
         # every kernel call runs on this one thread (pyroute2 is synchronous)
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.overlay_kernel = overlay_kernel or OverlayKernel(self.prefix)
@@ -130,6 +131,13 @@ class Agent:
         self._leaving = False
         self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
         self._state_file = Path(config.state_dir) / "local.json"
+        #: what the services inside the agent (load balancing, trace) may use of it
+        self.host = HostPort(node=self.node, prefix=self.prefix, vtep=self.vtep,
+                             store=self.store, clock=self.clock, in_kernel=self.in_kernel,
+                             gone_hosts=self.gone_hosts, claim=self._claim,
+                             overlay_settled=self._overlay_settled, kick=self._kick_runner)
+        # serves peers' capture orders from the start; the API calls it for `trace`
+        self.tracer = Tracer(self.host)
 
     async def in_kernel(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._kernel_pool, fn)
@@ -168,7 +176,8 @@ class Agent:
         await server.start()
         self.dns = DnsProgrammer(self.node, self.store, server, self.in_kernel, self._claims)
         dns_sync = SyncRunner("dns", self.dns.sync, min_interval=0.02, full_interval=30.0)
-        self.lb = self._lb_factory(self, probe=await self.in_kernel(ipvs_available))
+        self.lb = self._lb_factory(self.host, self.config.lb,
+                                   probe=await self.in_kernel(ipvs_available))
         lb_sync = SyncRunner("lb", self.lb.sync, min_interval=0.02, full_interval=30.0,
                              retry_interval=0.3)
         mesh = frozenset({"published", "services"})  # routing-mesh networks need sandboxes
@@ -198,9 +207,18 @@ class Agent:
             if table in tables:
                 runner.kick()
 
-    async def run(self) -> None:
-        from meshnet.api.server import ApiServer
+    def _kick_runner(self, name: str) -> None:
+        for runner in self.runners:
+            if runner.name == name:
+                runner.kick()
 
+    async def _overlay_settled(self, timeout: float) -> None:
+        if self.overlay_sync is not None:
+            await self.overlay_sync.settled(timeout=timeout)
+
+    async def run(self, fronts: Sequence[Callable[[Agent], Any]] = ()) -> None:
+        """Run until stopped. ``fronts`` make what serves the agent (the API, metrics:
+        objects with async ``start``/``stop``), started once the tables are loaded."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -209,9 +227,9 @@ class Agent:
         self.store.listeners.append(self._keyring_changed)
         await self.cluster.start()
         await self.prepare_dataplane()
-        self._api = ApiServer(self, self.config.api)
-        await self._api.start()
-        metrics = await self._start_metrics()
+        served = [make(self) for make in fronts]
+        for front in served:
+            await front.start()
         log.info("agent %s up (pid %d, version %s, vtep %s, underlay mtu %d)", self.node,
                  os.getpid(), __version__, self.vtep, self.underlay_mtu)
         self.notifier.notify(f"STATUS=joining the cluster as {self.node}")
@@ -242,9 +260,8 @@ class Agent:
             trimmer.cancel()
             self.notifier.notify("STOPPING=1")
             self.notifier.stop()
-            if metrics is not None:
-                await metrics.stop()
-            await self._api.stop()
+            for front in reversed(served):
+                await front.stop()
             await self.stop_dataplane()
             how = "left the cluster" if self._leaving else "data plane and tables kept"
             if self.config.leave_on_terminate and not self._leaving:
@@ -301,104 +318,44 @@ class Agent:
         return (f"{m.get('alive', 0)} members alive, {len(self.store.networks())} networks, "
                 f"{len(self.local_endpoints())} local endpoints")
 
-    async def _start_metrics(self) -> Any:
-        """Prometheus text on http://ADDR:PORT/metrics (``--metrics``)."""
-        if not self.config.metrics:
-            return None
-        from meshnet.api.http import HttpServer, Request, Response, Router
-        from meshnet.config import parse_hostport
-        from meshnet.prometheus import render
+    # --- services and published ports ------------------------------------------------
 
-        async def handler(_: Request) -> Response:
-            return Response(body=render(self.metrics()).encode(),
-                            content_type="text/plain; version=0.0.4; charset=utf-8",
-                            headers=(("X-Content-Type-Options", "nosniff"),))
+    def list_endpoints(self) -> list[Endpoint]:
+        """Every endpoint of the cluster, by network and address."""
+        return sorted(self.store.endpoints().values(), key=lambda e: (e.network, e.ip))
 
-        router = Router()
-        router.add("GET", "/metrics", handler)
-        server = HttpServer(router, max_body=0)  # GET only: no request body is read
-        host, port = parse_hostport(self.config.metrics, 0, "metrics address")
-        await server.start_tcp(host, port)
-        log.info("metrics on http://%s:%d/metrics", host, port)
-        return server
+    def create_service(self, body: dict[str, Any]) -> Any:
+        svc = create_service(self.store, body, self.clock())
+        log.info("service %s created on %s (%s %s)", svc.name, svc.network, svc.mode,
+                 svc.vip or "")
+        return svc
 
-    def extra_routes(self) -> list[tuple[tuple[str, str], Callable[[Any], Awaitable[Any]]]]:
-        async def attach(request: Any) -> Any:
-            from meshnet.api.server import read_body
+    def list_services(self) -> list[Any]:
+        return sorted(self.store.services().values(), key=lambda s: s.name)
 
-            return (await self.attach(await read_body(request))).to_dict()
+    def remove_service(self, name: str) -> None:
+        remove_service(self.store, name, self.clock())
 
-        async def detach(request: Any) -> Any:
-            q = request.query
-            return [e.to_dict() for e in await self.detach(q.get("netns", ""),
-                                                            q.get("network") or None)]
+    async def publish(self, body: dict[str, Any]) -> Any:
+        port, proto = body.get("published"), body.get("protocol", "tcp")
+        if f"{port}/{proto}" in self.store.all("published"):
+            raise Conflict(f"port {port}/{proto} is already published")
+        if isinstance(port, int) and not port_free(port, str(proto)):
+            raise Conflict(f"port {port}/{proto} is in use on this host")
+        pp = publish_port(self.store, body, self.clock())
+        log.info("published %s -> %s:%d (%s%s)", pp.key, pp.service, pp.target, pp.mode,
+                 ", local only" if pp.local_only else "")
+        await self._settle()
+        return pp
 
-        async def endpoints(request: Any) -> Any:
-            return [e.to_dict() for e in sorted(self.store.endpoints().values(),
-                                                key=lambda e: (e.network, e.ip))]
+    async def unpublish(self, key: str) -> Any:
+        pp = unpublish_port(self.store, key, self.clock())
+        log.info("unpublished %s", pp.key)
+        await self._settle()
+        return pp
 
-        async def metrics(request: Any) -> Any:
-            return self.metrics()
-
-        async def service_create(request: Any) -> Any:
-            from meshnet.api.server import read_body
-
-            svc = create_service(self.store, await read_body(request), self.clock())
-            log.info("service %s created on %s (%s %s)", svc.name, svc.network, svc.mode,
-                     svc.vip or "")
-            return svc.to_dict()
-
-        async def service_ls(request: Any) -> Any:
-            return [s.to_dict() for s in sorted(self.store.services().values(),
-                                                key=lambda s: s.name)]
-
-        async def publish(request: Any) -> Any:
-            from meshnet.api.server import read_body
-
-            body = await read_body(request)
-            port, proto = body.get("published"), body.get("protocol", "tcp")
-            if f"{port}/{proto}" in self.store.all("published"):
-                raise Conflict(f"port {port}/{proto} is already published")
-            if isinstance(port, int) and not port_free(port, str(proto)):
-                raise Conflict(f"port {port}/{proto} is in use on this host")
-            pp = publish_port(self.store, body, self.clock())
-            log.info("published %s -> %s:%d (%s%s)", pp.key, pp.service, pp.target, pp.mode,
-                     ", local only" if pp.local_only else "")
-            await self._settle()
-            return pp.to_dict()
-
-        async def unpublish(request: Any) -> Any:
-            pp = unpublish_port(self.store, request.match_info["key"].replace("-", "/"),
-                                self.clock())
-            log.info("unpublished %s", pp.key)
-            await self._settle()
-            return pp.to_dict()
-
-        async def published(request: Any) -> Any:
-            return [p.to_dict() for p in self.store.all("published").values()]
-
-        async def keys_get(request: Any) -> Any:
-            return self.keys()
-
-        async def keys_post(request: Any) -> Any:
-            from meshnet.api.server import read_body
-
-            return self.change_keys(await read_body(request))
-
-        async def service_rm(request: Any) -> Any:
-            remove_service(self.store, request.match_info["name"], self.clock())
-            return {"removed": request.match_info["name"]}
-
-        from meshnet.trace.service import trace_routes  # also serves peers' capture orders
-
-        return [*trace_routes(self),
-                (("POST", "/v1/endpoints"), attach), (("DELETE", "/v1/endpoints"), detach),
-                (("GET", "/v1/endpoints"), endpoints), (("GET", "/v1/metrics"), metrics),
-                (("POST", "/v1/services"), service_create), (("GET", "/v1/services"), service_ls),
-                (("DELETE", "/v1/services/{name}"), service_rm),
-                (("POST", "/v1/published"), publish), (("GET", "/v1/published"), published),
-                (("DELETE", "/v1/published/{key}"), unpublish),
-                (("GET", "/v1/keys"), keys_get), (("POST", "/v1/keys"), keys_post)]
+    def list_published(self) -> list[Any]:
+        return list(self.store.all("published").values())
 
     def metrics(self) -> dict[str, Any]:
         """Counters of every subsystem (JSON; the Prometheus view is built from this)."""

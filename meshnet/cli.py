@@ -8,47 +8,22 @@ stderr and exits 2, having changed nothing. Commands that talk to an agent take
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
 from meshnet import __version__
+from meshnet.clitools import Parser, emit, table
 from meshnet.errors import UserError
 
 DEFAULT_API = "/run/meshnet/api.sock"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"meshnet: error: {message} (see '{self.prog} --help')\n")
-        sys.exit(2)
 
 
 def _client(args: argparse.Namespace) -> Any:
     from meshnet.api.client import ApiClient
 
     return ApiClient(args.api or os.environ.get("MESHNET_API") or DEFAULT_API)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        out = text(data)
-        if out:
-            print(out)
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
-    )
 
 
 # --- agent-facing commands --------------------------------------------------------------
@@ -88,18 +63,18 @@ def cmd_status(args: argparse.Namespace) -> None:
                          f"published: {', '.join(lb['published']) or 'none'}")
         return "\n".join(lines)
 
-    _emit(args, data, text)
+    emit(args, data, text)
 
 
 def cmd_leave(args: argparse.Namespace) -> None:
     data = _client(args).post("/v1/leave", {})
-    _emit(args, data, lambda d: f"{d['node']} left the cluster" + (
+    emit(args, data, lambda d: f"{d['node']} left the cluster" + (
         "" if d["left"] else " (not confirmed by a peer)") + "; the agent is stopping")
 
 
 def cmd_members(args: argparse.Namespace) -> None:
     data = _client(args).get("/v1/members")
-    _emit(args, data, lambda d: table(
+    emit(args, data, lambda d: table(
         [(m["name"], f"{m['addr']}:{m['port']}",
           m["state"] + (" (agent down, host answering)" if m.get("host") == "answering" else ""),
           m["incarnation"],
@@ -125,16 +100,16 @@ def cmd_network_create(args: argparse.Namespace) -> None:
         body["mtu"] = args.mtu
     Network(**{"vni": 1, "mtu": 0, **body})  # validate every field locally as well
     data = _client(args).post("/v1/networks", body)
-    _emit(args, data, lambda d: f"network {d['name']} created (vni {d['vni']}, {d['subnet']})")
+    emit(args, data, lambda d: f"network {d['name']} created (vni {d['vni']}, {d['subnet']})")
 
 
 def cmd_network_ls(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get("/v1/networks"), _network_rows)
+    emit(args, _client(args).get("/v1/networks"), _network_rows)
 
 
 def cmd_network_rm(args: argparse.Namespace) -> None:
     data = _client(args).delete(f"/v1/networks/{args.name}")
-    _emit(args, data, lambda d: f"network {d['removed']} removed")
+    emit(args, data, lambda d: f"network {d['removed']} removed")
 
 
 def _endpoint_rows(eps: list[dict[str, Any]]) -> str:
@@ -151,7 +126,7 @@ def cmd_attach(args: argparse.Namespace) -> None:
         if getattr(args, key):
             body[key] = getattr(args, key)
     data = _client(args).post("/v1/endpoints", body)
-    _emit(args, data, lambda e: f"attached {e['name']} to {e['network']}: {e['ifname']} "
+    emit(args, data, lambda e: f"attached {e['name']} to {e['network']}: {e['ifname']} "
                                 f"{e['ip']} ({e['mac']})")
 
 
@@ -160,12 +135,12 @@ def cmd_detach(args: argparse.Namespace) -> None:
 
     q = {"netns": args.netns, **({"network": args.network} if args.network else {})}
     data = _client(args).delete(f"/v1/endpoints?{urlencode(q)}")
-    _emit(args, data, lambda eps: "\n".join(f"detached {e['name']} from {e['network']}"
+    emit(args, data, lambda eps: "\n".join(f"detached {e['name']} from {e['network']}"
                                             for e in eps))
 
 
 def cmd_endpoint_ls(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get("/v1/endpoints"), _endpoint_rows)
+    emit(args, _client(args).get("/v1/endpoints"), _endpoint_rows)
 
 
 def cmd_service_create(args: argparse.Namespace) -> None:
@@ -184,12 +159,12 @@ def cmd_service_create(args: argparse.Namespace) -> None:
     if args.vip:
         body["vip"] = args.vip
     data = _client(args).post("/v1/services", body)
-    _emit(args, data, lambda s: f"service {s['name']} created on {s['network']} "
+    emit(args, data, lambda s: f"service {s['name']} created on {s['network']} "
                                 f"({s['mode']}{', VIP ' + s['vip'] if s['vip'] else ''})")
 
 
 def cmd_service_ls(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get("/v1/services"), lambda svcs: table(
+    emit(args, _client(args).get("/v1/services"), lambda svcs: table(
         [(s["name"], s["network"], s["mode"], s["vip"] or "-",
           ",".join(f"{p['port']}/{p['protocol']}" for p in s["ports"]) or "-",
           s["health"]["kind"], s["affinity"]) for s in svcs],
@@ -198,7 +173,7 @@ def cmd_service_ls(args: argparse.Namespace) -> None:
 
 def cmd_service_rm(args: argparse.Namespace) -> None:
     data = _client(args).delete(f"/v1/services/{args.name}")
-    _emit(args, data, lambda d: f"service {d['removed']} removed")
+    emit(args, data, lambda d: f"service {d['removed']} removed")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -210,7 +185,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     if args.service:
         body["service"] = args.service
     data = _client(args).post("/v1/published", body)
-    _emit(args, data, lambda p: f"published {p['published']}/{p['protocol']} -> "
+    emit(args, data, lambda p: f"published {p['published']}/{p['protocol']} -> "
                                 f"{p['service']}:{p['target']} ({p['mode']}"
                                 f"{', local only' if p['local_only'] else ''})")
 
@@ -218,7 +193,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
 def cmd_unpublish(args: argparse.Namespace) -> None:
     key = args.port if "/" in args.port else f"{args.port}/tcp"
     data = _client(args).delete(f"/v1/published/{key.replace('/', '-')}")
-    _emit(args, data, lambda p: f"unpublished {p['published']}/{p['protocol']}")
+    emit(args, data, lambda p: f"unpublished {p['published']}/{p['protocol']}")
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
@@ -234,7 +209,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
                        proto=proto, from_host=args.from_host or "",
                        pcap=os.path.abspath(args.pcap) if args.pcap else "")
     data = _client(args).post("/v1/trace", req.to_body())
-    _emit(args, data, render)
+    emit(args, data, render)
     if not data.get("verdict", {}).get("ok"):
         sys.exit(1)
 
@@ -262,14 +237,16 @@ def cmd_agent(args: argparse.Namespace) -> None:
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
-    asyncio.run(Agent(config, notifier=notifier).run())
+    from meshnet.api.server import fronts
+
+    asyncio.run(Agent(config, notifier=notifier).run(fronts(config)))
 
 
 def cmd_cleanup(args: argparse.Namespace) -> None:
     from meshnet.cleanup import cleanup_host
 
     removed = cleanup_host()
-    _emit(args, removed, lambda d: "\n".join(f"removed {k}: {', '.join(v)}" for k, v in d.items()
+    emit(args, removed, lambda d: "\n".join(f"removed {k}: {', '.join(v)}" for k, v in d.items()
                                              if v) or "nothing to remove")
 
 
@@ -284,7 +261,17 @@ def cmd_keys(args: argparse.Namespace) -> None:
         if not d["encrypted"]:
             return "gossip encryption is off"
         return "\n".join(f"{k}{'  (primary)' if k == d['primary'] else ''}" for k in d["keys"])
-    _emit(args, data, text)
+    emit(args, data, text)
+
+
+def cmd_install_unit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from meshnet.install import install_unit
+
+    done = install_unit(Path(args.unit_dir), Path(args.config_dir), force=args.force)
+    emit(args, done, lambda d: "\n".join(f"{path}: {what}" for path, what in d.items())
+         + "\nthen: systemctl daemon-reload && systemctl enable --now meshnet")
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> None:
@@ -294,27 +281,27 @@ def cmd_keys_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_lab(args: argparse.Namespace) -> None:
-    from meshnet.lab import cli as labcli
+    from meshnet.lab.cli import dispatch
 
-    labcli.dispatch(args)
+    dispatch(args)
 
 
 # --- parser -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--api", metavar="SOCKET", help="agent API socket (env MESHNET_API)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _Parser(prog="meshnet", description="meshnet: container network data plane",
+    p = Parser(prog="meshnet", description="meshnet: container network data plane",
                 epilog="--api and --json may come before the command or after it.")
     p.add_argument("--version", action="version", version=f"meshnet {__version__}")
     p.add_argument("--api", dest="global_api", metavar="SOCKET",
                    help="agent API socket, for the commands that talk to an agent")
     p.add_argument("--json", dest="global_json", action="store_true",
                    help="machine-readable output, for the commands that print")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     a = sub.add_parser("agent", help="run the per-host agent")
     a.add_argument("--config", metavar="FILE",
@@ -323,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--bind", metavar="ADDR[:PORT]",
                    help="gossip address and port, UDP and TCP (default: 0.0.0.0:7946)")
     a.add_argument("--advertise", metavar="ADDR",
-                   help="address peers reach us at and VXLAN tunnels end on (default: the bind address)")
+                   help="address peers reach us at and VXLAN tunnels end on (default: the bind address, or with 0.0.0.0 the source address of the default route)")
     a.add_argument("--join", metavar="ADDR[:PORT]", action="append",
                    help="a member to join, retried until one answers (repeatable)")
     a.add_argument("--api", metavar="SOCKET",
@@ -365,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_members)
 
     net = sub.add_parser("network", help="overlay networks").add_subparsers(
-        dest="network_cmd", required=True, parser_class=_Parser)
+        dest="network_cmd", required=True, parser_class=Parser)
     nc = net.add_parser("create", parents=[common], help="create an overlay network")
     nc.add_argument("name", help="network name")
     nc.add_argument("--subnet", required=True, metavar="CIDR", help="IPv4 subnet of the network")
@@ -392,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--network", help="only from this network (default: all)")
     dt.set_defaults(func=cmd_detach)
     ep = sub.add_parser("endpoint", help="endpoints (attached containers)").add_subparsers(
-        dest="endpoint_cmd", required=True, parser_class=_Parser)
+        dest="endpoint_cmd", required=True, parser_class=Parser)
     ep.add_parser("ls", parents=[common], help="list endpoints cluster-wide").set_defaults(
         func=cmd_endpoint_ls)
 
     sv = sub.add_parser("service", help="load-balanced services").add_subparsers(
-        dest="service_cmd", required=True, parser_class=_Parser)
+        dest="service_cmd", required=True, parser_class=Parser)
     sc = sv.add_parser("create", parents=[common], help="create a service")
     sc.add_argument("name", help="service name (DNS)")
     sc.add_argument("--network", required=True, help="network of the service and its tasks")
@@ -449,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cleanup)
 
     keys = sub.add_parser("keys", help="gossip encryption keys").add_subparsers(
-        dest="keys_cmd", required=True, parser_class=_Parser)
+        dest="keys_cmd", required=True, parser_class=Parser)
     keys.add_parser("generate", help="print a new key (as `serf keygen`)").set_defaults(
         func=cmd_keys_generate)
     keys.add_parser("list", parents=[common], help="installed keys").set_defaults(
@@ -459,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
         kp = keys.add_parser(op, parents=[common], help=what)
         kp.add_argument("key", help="base64 key")
         kp.set_defaults(func=cmd_keys)
+
+    iu = sub.add_parser("install-unit",
+                        help="write the systemd unit (running this meshnet) and a sample config")
+    iu.add_argument("--unit-dir", default="/etc/systemd/system", metavar="DIR",
+                    help="where the unit goes (default: /etc/systemd/system)")
+    iu.add_argument("--config-dir", default="/etc/meshnet", metavar="DIR",
+                    help="where config.toml goes if there is none (default: /etc/meshnet)")
+    iu.add_argument("--force", action="store_true", help="replace an existing unit")
+    iu.add_argument("--json", action="store_true", help="machine-readable output")
+    iu.set_defaults(func=cmd_install_unit)
 
     from meshnet.lab.cli import add_lab_parser
 

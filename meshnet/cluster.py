@@ -45,8 +45,8 @@ from meshnet.gossip.events import (
     MemberUpdate,
     UserMessage,
 )
+from meshnet.gossip.member import MESHNET_TAG, MESHNET_TAG_VALUE, Member, encode_tags
 from meshnet.gossip.security import Keyring
-from meshnet.gossip.state import MESHNET_TAG, MESHNET_TAG_VALUE, Member, encode_tags
 from meshnet.gossip.tables import Entry, TableConfig, Tables
 from meshnet.liveness import host_answers
 

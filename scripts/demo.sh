@@ -2,7 +2,7 @@
 # `make demo`: a 3-host lab showing meshnet end to end. Leaves the lab up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M=.venv/bin/meshnet
+M=.venv/bin/meshnet   # relative: the checkout path may contain spaces
 PY=$PWD/.venv/bin/python
 L=demo
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -26,7 +26,7 @@ step "a load-balanced service with a health check, and three tasks on three host
 on h1 meshnet service create web --network appnet --port 80 --health tcp --health-interval 0.5
 for i in 1 2 3; do
   run $M lab run --name $L h$i web$i --network appnet --service web -- \
-      $PY -m meshnet.testing.traffic http 80 "hello from web$i (you are {peer})"
+      "$PY" -m meshnet.testing.traffic http 80 "hello from web$i (you are {peer})"
 done
 run $M lab run --name $L h2 client --network appnet --alias shell -- sleep 36000
 on h1 meshnet endpoint ls
@@ -40,13 +40,13 @@ inside client dig +short example.com  # forwarded to the lab's outside resolver
 
 step "across hosts over VXLAN, and through the service VIP (load-balanced)"
 inside client ping -c 2 -W 2 web3
-for i in 1 2 3 4 5 6; do inside client $PY -m meshnet.testing.traffic get http://web/ 2; done
+for i in 1 2 3 4 5 6; do inside client "$PY" -m meshnet.testing.traffic get http://web/ 2; done
 
 step "the routing mesh: publish once, every host answers (h2 via the overlay)"
 on h1 meshnet publish 8080:80
 sleep 2  # every host programs the mesh (its sandbox, LB address, rules)
-OUT=$($PY -c "from meshnet.lab.lab import Lab; print(Lab.load('$L').add_bare_host('h9'))")
-for h in 1 2 3; do run ip netns exec "$OUT" $PY -m meshnet.testing.traffic get http://192.0.2.$h:8080/ 2; done
+OUT=$("$PY" -c "from meshnet.lab.lab import Lab; print(Lab.load('$L').add_bare_host('h9'))")
+for h in 1 2 3; do run ip netns exec "$OUT" "$PY" -m meshnet.testing.traffic get http://192.0.2.$h:8080/ 2; done
 
 step "egress: containers reach the outside through their host's gateway bridge (NAT)"
 inside client ping -c 1 -W 2 192.0.2.253

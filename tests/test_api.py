@@ -26,13 +26,13 @@ class FakeLbNet:
         return []
 
 
-def fake_lb(agent, probe=None):
+def fake_lb(host, mode, probe=None):
     from meshnet.ipvs.agentlb import LoadBalancing
     from meshnet.ipvs.iptables import IptablesBackend
     from tests.ipvs.fakeipt import FakeIptables
 
     ipt = FakeIptables(("", "mn-ov-000001"))
-    return LoadBalancing(agent, backend=IptablesBackend(ipt), net=FakeLbNet(), probe=probe)
+    return LoadBalancing(host, mode, backend=IptablesBackend(ipt), net=FakeLbNet(), probe=probe)
 
 
 @pytest.fixture

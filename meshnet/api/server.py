@@ -1,25 +1,32 @@
-"""The agent side of the local API: JSON over HTTP on a unix socket, mode 0600
-(served by :mod:`meshnet.api.http`).
+"""The agent's fronts: the local API (JSON over HTTP on a unix socket, mode 0600, served
+by :mod:`meshnet.api.http`) and the optional Prometheus endpoint.
 
-Handlers only translate HTTP to calls on :class:`meshnet.agent.Agent` and back. Every
-:class:`UserError` becomes ``{"error": message}`` with 404 (NotFound), 409 (Conflict)
-or 400; the agent's state is unchanged when an error is returned.
+Routes (:mod:`meshnet.api.routes`) only translate HTTP to calls on the agent's command
+interface and back. Every :class:`UserError` becomes ``{"error": message}`` with 404
+(NotFound), 409 (Conflict) or 400; the agent's state is unchanged when an error is
+returned. A change is answered only once it is on disk (``AgentApi.durable``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from meshnet.api.http import MAX_BODY, HttpServer, Request, Response, Router
+from meshnet.api.http import HttpServer, Request, Response, Router
+from meshnet.api.routes import AgentApi, routes
+from meshnet.config import AgentConfig, parse_hostport
 from meshnet.errors import Conflict, NotFound, UserError
-
-if TYPE_CHECKING:
-    from meshnet.agent import Agent
+from meshnet.prometheus import render
 
 log = logging.getLogger("meshnet.api")
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Front(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def _wrap(fn: Callable[[Request], Awaitable[Any]],
@@ -42,46 +49,9 @@ def _wrap(fn: Callable[[Request], Awaitable[Any]],
     return handler
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    if request.content_length and request.content_length > MAX_BODY:
-        raise UserError("request body too large")
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise UserError("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise UserError("request body must be a JSON object")
-    return data
-
-
-def build_router(agent: Agent) -> Router:
+def build_router(agent: AgentApi) -> Router:
     router = Router()
-
-    async def status(_: Request) -> Any:
-        return agent.status()
-
-    async def members(_: Request) -> Any:
-        return agent.members()
-
-    async def networks(_: Request) -> Any:
-        return [n.to_dict() for n in agent.list_networks()]
-
-    async def network_create(request: Request) -> Any:
-        return agent.create_network(await read_body(request)).to_dict()
-
-    async def network_rm(request: Request) -> Any:
-        agent.remove_network(request.match_info["name"])
-        return {"removed": request.match_info["name"]}
-
-    async def leave(_: Request) -> Any:
-        return await agent.leave()
-
-    routes: list[tuple[tuple[str, str], Callable[[Request], Awaitable[Any]]]] = [
-        (("GET", "/v1/status"), status), (("GET", "/v1/members"), members),
-        (("GET", "/v1/networks"), networks), (("POST", "/v1/networks"), network_create),
-        (("DELETE", "/v1/networks/{name}"), network_rm), (("POST", "/v1/leave"), leave),
-        *agent.extra_routes()]
-    for (method, path), fn in routes:
+    for (method, path), fn in routes(agent):
         router.add(method, path, _wrap(fn, None if method == "GET" else agent.durable))
     return router
 
@@ -89,7 +59,7 @@ def build_router(agent: Agent) -> Router:
 class ApiServer:
     """Serves the API on a unix socket that only root (the socket's owner) may open."""
 
-    def __init__(self, agent: Agent, path: str) -> None:
+    def __init__(self, agent: AgentApi, path: str) -> None:
         self.path = path
         self._http = HttpServer(build_router(agent))
 
@@ -99,3 +69,34 @@ class ApiServer:
 
     async def stop(self) -> None:
         await self._http.stop()
+
+
+class MetricsServer:
+    """Prometheus text on http://ADDR:PORT/metrics (``--metrics``), from ``metrics()``."""
+
+    def __init__(self, agent: AgentApi, addr: str) -> None:
+        self.host, self.port = parse_hostport(addr, 0, "metrics address")
+
+        async def handler(_: Request) -> Response:
+            return Response(body=render(agent.metrics()).encode(),
+                            content_type="text/plain; version=0.0.4; charset=utf-8",
+                            headers=(("X-Content-Type-Options", "nosniff"),))
+
+        router = Router()
+        router.add("GET", "/metrics", handler)
+        self._http = HttpServer(router, max_body=0)  # GET only: no request body is read
+
+    async def start(self) -> None:
+        await self._http.start_tcp(self.host, self.port)
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        await self._http.stop()
+
+
+def fronts(config: AgentConfig) -> list[Callable[[AgentApi], Front]]:
+    """What ``meshnet agent`` serves: the API, and the metrics endpoint if configured."""
+    out: list[Callable[[AgentApi], Front]] = [lambda agent: ApiServer(agent, config.api)]
+    if config.metrics:
+        out.append(lambda agent: MetricsServer(agent, config.metrics))
+    return out

@@ -10,9 +10,11 @@ Modules, innermost first (all sans-IO except ``adapter``):
 * ``lzw``: Go ``compress/lzw`` (LSB, 8). ``security``: keyring + AES-GCM framing.
 * ``config``: ``GossipConfig`` with ``lan()``, ``local()`` (memberlist defaults)
   and ``fast()`` (meshnet's small-cluster preset).
-* ``state`` (member table and every transition), ``suspicion``, ``awareness``,
+* ``member``: ``Member`` snapshots and serf's tag meta. ``state`` (member table and
+  every transition), ``suspicion``, ``awareness``,
   ``broadcast``: SWIM + Lifeguard building blocks.
-* ``core`` (+ ``probe``, ``sync`` mixins): ``Memberlist``, the node. Takes bytes and
+* ``core``: ``Memberlist``, the node, with its ``probe.Prober`` (UDP failure
+  detection) and ``sync.Syncer`` (everything over TCP). Takes bytes and
   ``now``, returns datagrams, stream requests and events. ``events``: what it returns.
 * ``adapter``: asyncio UDP endpoint + TCP server + one timer around a core.
 * ``tables*`` / ``tablecodec``: the replicated tables layer (separate owner).
@@ -24,5 +26,5 @@ Interop: a meshnet node is a valid member of a Debian ``serf`` 0.9.4 cluster (Vs
 ``[1,5,2,2,5,5]``, serf tag meta, serf leave intent on leave). Application messages
 are memberlist user messages whose first byte is not a serf type (meshnet's start
 with ``b"m"``); they go point to point, and only to members carrying the ``mn`` tag
-(``state.MESHNET_TAG``), so serf agents never receive anything they cannot decode.
+(``member.MESHNET_TAG``), so serf agents never receive anything they cannot decode.
 """

@@ -20,9 +20,10 @@ Design notes
   list with ping (+ suspect compound for suspect targets), indirect pings with nacks,
   TCP fallback ping, Lifeguard awareness and suspicion, gossip rounds within the UDP
   budget, periodic push/pull, reaping, refutation. Transitions live in ``state.py``;
-  probing and relaying in ``probe.py`` and everything over TCP in ``sync.py`` (both
-  mixins of :class:`Memberlist`, split only for size); this module holds the public
-  API, the datagram dispatch, the UDP send path, gossip rounds, timers and leave.
+  probing and relaying in ``probe.py`` (``Prober``) and everything over TCP in
+  ``sync.py`` (``Syncer``): collaborators the node owns, each seeing the node only
+  through a small protocol of its own; this module holds the public API, the datagram
+  dispatch, the UDP send path, gossip rounds, timers and leave.
 * Peer garbage never raises out of this module: it is converted to ``DecodeError`` in
   the codec, counted in ``metrics["drop.<reason>"]`` and logged once per reason.
 * serf interop: we advertise Vsn ``[1,5,2,2,5,5]``, send UserStateLen 0, skip the
@@ -46,6 +47,7 @@ from meshnet.gossip.awareness import Awareness
 from meshnet.gossip.broadcast import Broadcast, BroadcastQueue
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import Address, Event, StreamRequest, UserMessage
+from meshnet.gossip.member import Member
 from meshnet.gossip.messages import (
     TYPE_NAMES,
     USER,
@@ -61,11 +63,11 @@ from meshnet.gossip.messages import (
     User,
     addr_to_wire,
 )
-from meshnet.gossip.probe import ProbeMixin, ProbeState, RelayState
+from meshnet.gossip.probe import Prober
 from meshnet.gossip.security import Keyring, encrypt_overhead
-from meshnet.gossip.state import Member, Membership, NodeRecord, NodeState
+from meshnet.gossip.state import Membership, NodeRecord, NodeState
 from meshnet.gossip.stream import Limits, encode_user_stream
-from meshnet.gossip.sync import JoinOp, PendingStream, SyncMixin
+from meshnet.gossip.sync import InboundStream, Syncer
 
 log = logging.getLogger("meshnet.gossip")
 
@@ -76,7 +78,7 @@ SERF_PUSH_PULL = 2
 INF = float("inf")
 
 
-class Memberlist(ProbeMixin, SyncMixin):
+class Memberlist:
     """One memberlist node. See the module notes for the driver contract."""
 
     def __init__(self, config: GossipConfig, name: str, addr: str, port: int,
@@ -102,18 +104,11 @@ class Memberlist(ProbeMixin, SyncMixin):
         self._limits = Limits(config.max_stream_bytes, config.max_decompressed_bytes,
                               config.max_push_nodes)
         self._outbox: list[tuple[bytes, Address]] = []
-        self._streams: list[StreamRequest] = []
         self._seq = 0
-        self._stream_id = 0
-        self._join_id = 0
-        self._probe: ProbeState | None = None
-        self._probe_index = 0
-        self._probe_waits: dict[int, ProbeState] = {}
-        self._relays: dict[int, RelayState] = {}
-        self._pending: dict[int, PendingStream] = {}
-        self._joins: dict[int, JoinOp] = {}
+        self._prober = Prober(self)
+        self._sync = Syncer(self)
         self._started = False
-        self._next_probe = self._next_gossip = self._next_push_pull = INF
+        self._next_gossip = self._next_push_pull = INF
         self._next_reconnect = INF
         self._serf_ltime = 0
         self._leave_phase: str | None = None  # None, "intent", "dead"
@@ -133,7 +128,7 @@ class Memberlist(ProbeMixin, SyncMixin):
         self._ms.alive(Alive(inc, self.name, self._addr_wire, self.port, self._meta,
                              self.config.vsn), now, bootstrap=True)
         c = self.config
-        self._next_probe = now + self.rng.uniform(0, c.probe_interval)
+        self._prober.schedule(now + self.rng.uniform(0, c.probe_interval))
         self._next_gossip = now + self.rng.uniform(0, c.gossip_interval)
         if c.push_pull_interval > 0:
             self._next_push_pull = now + self.rng.uniform(0, c.push_pull_interval)
@@ -171,26 +166,38 @@ class Memberlist(ProbeMixin, SyncMixin):
         return out
 
     def drain_streams(self) -> list[StreamRequest]:
-        out, self._streams = self._streams, []
+        out, self._sync.streams = self._sync.streams, []
         return out
 
     def drain_events(self) -> list[Event]:
         out, self._ms.events = self._ms.events, []
         return out
 
+    def stream_reply(self, request_id: int, data: bytes | None, now: float) -> bool:
+        """Feed reply bytes of an outbound stream; None = failed/EOF. True = close it."""
+        return self._sync.stream_reply(request_id, data, now)
+
+    def open_stream(self, src: Address, now: float) -> InboundStream:
+        """A peer connected to our TCP port; feed its bytes to the returned object."""
+        self._ensure_started(now)
+        return self._sync.open_stream(src)
+
+    def push_pull_period(self) -> float:
+        return self._sync.push_pull_period()
+
+    def _tcp_ping(self, addr: Address, ping: bytes, now: float, deadline: float,
+                  seq: int) -> None:
+        self._sync.tcp_ping(addr, ping, now, deadline, seq)
+
+    def _tcp_ping_answered(self, seq: int) -> None:
+        self._prober.tcp_ping_answered(seq)
+
     # -- commands -----------------------------------------------------------------
 
     def join(self, addrs: list[Address], now: float) -> int:
         """Push/pull (Join=true) with each address; a JoinCompleted event follows."""
         self._ensure_started(now)
-        self._join_id += 1
-        jid = self._join_id
-        self._joins[jid] = JoinOp(remaining=len(addrs))
-        if not addrs:
-            self._finish_join(jid)
-        for a in addrs:
-            self._start_push_pull(a, True, now, jid)
-        return jid
+        return self._sync.join(addrs, now)
 
     def set_meta(self, meta: bytes, now: float) -> None:
         """Change our meta (tags): gossip alive with a higher incarnation."""
@@ -219,7 +226,7 @@ class Memberlist(ProbeMixin, SyncMixin):
             if rec.member().is_meshnet:
                 continue
             self._send_msg(rec.address, bytes([USER, SERF_LEAVE_INTENT]) + body, rec)
-            self._new_stream(rec.address, encode_user_stream(bytes([SERF_LEAVE_INTENT]) + body),
+            self._sync.new_stream(rec.address, encode_user_stream(bytes([SERF_LEAVE_INTENT]) + body),
                              False, now, "user")
             self.metrics["sent.leave_intent.direct"] += 1
         self._leave_dead_at = now + self.config.leave_intent_wait
@@ -258,7 +265,7 @@ class Memberlist(ProbeMixin, SyncMixin):
             # Not LZW-compressed: only meshnet agents get these, and compressing a table
             # state of megabytes in pure Python costs ~0.1 s per megabyte (memberlist
             # readers take compressed and plain streams alike)
-            self._new_stream(rec.address, encode_user_stream(payload), False, now, "user",
+            self._sync.new_stream(rec.address, encode_user_stream(payload), False, now, "user",
                              compress=False)
         else:
             self._send_msg(rec.address, msg, rec)
@@ -293,13 +300,13 @@ class Memberlist(ProbeMixin, SyncMixin):
             return
         self.metrics["recv." + TYPE_NAMES[msg.TYPE]] += 1
         if isinstance(msg, Ping):
-            self._on_ping(msg, src)
+            self._prober.on_ping(msg, src)
         elif isinstance(msg, IndirectPing):
-            self._on_indirect(msg, src, now)
+            self._prober.on_indirect(msg, src, now)
         elif isinstance(msg, Ack):
-            self._on_ack(msg, now)
+            self._prober.on_ack(msg, now)
         elif isinstance(msg, Nack):
-            self._on_nack(msg)
+            self._prober.on_nack(msg)
         elif isinstance(msg, Alive):
             self._ms.alive(msg, now)
         elif isinstance(msg, Suspect):
@@ -396,16 +403,8 @@ class Memberlist(ProbeMixin, SyncMixin):
         if not self._started:
             return INF
         d = min(self._next_gossip, self._next_push_pull, self._next_reconnect,
-                self._ms.next_suspicion_deadline())
-        p = self._probe
-        if p is None:
-            d = min(d, self._next_probe)
-        else:
-            d = min(d, p.deadline if p.indirect_sent else p.timeout_at)
-        if self._relays:
-            d = min(d, min(r.deadline for r in self._relays.values()))
-        if self._pending:
-            d = min(d, min(x.req.deadline for x in self._pending.values()))
+                self._ms.next_suspicion_deadline(), self._prober.next_deadline(),
+                self._sync.next_deadline())
         if self._leave_phase == "intent":
             d = min(d, self._leave_dead_at)
         return d
@@ -437,20 +436,19 @@ class Memberlist(ProbeMixin, SyncMixin):
     def tick(self, now: float) -> None:
         self._ensure_started(now)
         self._ms.interval_scale = self.interval_scale()
-        for sid, pend in list(self._pending.items()):
-            if now >= pend.req.deadline:
-                self.stream_reply(sid, None, now)
-        self._probe_tick(now)
-        self._relay_tick(now)
+        self._sync.expire(now)
+        self._prober.probe_tick(now)
+        self._prober.relay_tick(now)
         if now >= self._next_gossip:
             self._gossip(now)
             self._next_gossip = max(
                 self._next_gossip + self.config.gossip_interval * self._ms.interval_scale, now)
         if now >= self._next_push_pull:
-            self._periodic_push_pull(now)
+            self._next_push_pull = now + self.push_pull_period()
+            self._sync.periodic_push_pull(now)
         if now >= self._next_reconnect:
             self._next_reconnect = now + self.config.reconnect_interval
-            self._reconnect(now)
+            self._sync.reconnect(now)
         self._leave_progress(now)
         # Last: a confirmation earlier in this tick may have pulled a deadline to now.
         self._ms.expire_suspicions(now)

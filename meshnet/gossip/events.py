@@ -3,7 +3,7 @@
 Design notes
 ------------
 * Events are frozen dataclasses drained with ``Memberlist.drain_events()``. Member
-  events carry a :class:`~meshnet.gossip.state.Member` snapshot taken at the moment
+  events carry a :class:`~meshnet.gossip.member.Member` snapshot taken at the moment
   of the transition.
 * ``UserMessage`` is an *application* message (first payload byte not a serf type
   0..9), from UDP ``[8]+payload`` or a TCP user stream. serf's own user messages
@@ -19,10 +19,8 @@ Design notes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from meshnet.gossip.state import Member
+from meshnet.gossip.member import Member
 
 Address = tuple[str, int]
 

@@ -2,8 +2,10 @@
 
 Design notes
 ------------
-* A mixin of :class:`~meshnet.gossip.core.Memberlist`; split out to keep modules
-  small. All TCP is sans-IO: outbound work is a ``StreamRequest`` the driver runs,
+* ``Syncer``, a collaborator of :class:`~meshnet.gossip.core.Memberlist`: it holds the
+  streams in flight and the joins, and reaches its node only through ``SyncNode``
+  (member table, keys, the app-message and Lamport-time hooks), so it imports no
+  core. All TCP is sans-IO: outbound work is a ``StreamRequest`` the driver runs,
   feeding the reply to ``stream_reply``; inbound connections are ``InboundStream``
   objects fed by the driver.
 * Push/pull (notes 7.1): our state is every known node (dead and left too) with a
@@ -24,14 +26,20 @@ Design notes
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from random import Random
+from typing import Protocol
 
 from meshnet.gossip import codec
+from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import Address, JoinCompleted, StreamRequest
 from meshnet.gossip.messages import Ack, DecodeError, ErrResp, Ping, PushPullHeader
-from meshnet.gossip.state import NodeState
+from meshnet.gossip.security import Keyring
+from meshnet.gossip.state import Membership, NodeRecord, NodeState
 from meshnet.gossip.stream import (
+    Limits,
     ParsedStream,
     PushPull,
     StreamParser,
@@ -40,14 +48,8 @@ from meshnet.gossip.stream import (
     frame_stream,
 )
 
-if TYPE_CHECKING:
-    from meshnet.gossip.core import Memberlist
-
-    _Base = Memberlist
-else:
-    _Base = object
-
 SERF_PUSH_PULL = 2
+INF = float("inf")
 
 
 @dataclass
@@ -65,60 +67,123 @@ class JoinOp:
     errors: list[str] = field(default_factory=list)
 
 
-class SyncMixin(_Base):
-    def _new_stream(self, addr: Address, message: bytes, expect_reply: bool, now: float,
+class SyncNode(Protocol):
+    """What the syncer uses of its node."""
+
+    name: str
+    config: GossipConfig
+    metrics: Counter[str]
+    rng: Random
+    keyring: Keyring | None
+    encrypting: bool
+    _ms: Membership
+    _limits: Limits
+    _leave_phase: str | None
+
+    def num_alive(self) -> int: ...
+
+    def _k_random(self, k: int, skip: Callable[[NodeRecord], bool]) -> list[NodeRecord]: ...
+
+    def _drop(self, reason: str, src: Address | None = None,
+              exc: Exception | None = None) -> None: ...
+
+    def _ensure_started(self, now: float) -> None: ...
+
+    def _on_user(self, payload: bytes, src: Address, now: float, reliable: bool) -> None: ...
+
+    def _witness_serf_ltime(self, body: bytes) -> None: ...
+
+    def _tcp_ping_answered(self, seq: int) -> None: ...
+
+
+class Syncer:
+    """One node's TCP side: outbound stream requests and their replies, joins, inbound
+    streams."""
+
+    def __init__(self, node: SyncNode) -> None:
+        self.n = node
+        self.streams: list[StreamRequest] = []  #: requests for the driver (drained)
+        self._pending: dict[int, PendingStream] = {}
+        self._joins: dict[int, JoinOp] = {}
+        self._stream_id = 0
+        self._join_id = 0
+
+    def next_deadline(self) -> float:
+        return min((x.req.deadline for x in self._pending.values()), default=INF)
+
+    def expire(self, now: float) -> None:
+        """Fail the outbound streams past their deadline (the driver should have)."""
+        for sid, pend in list(self._pending.items()):
+            if now >= pend.req.deadline:
+                self.stream_reply(sid, None, now)
+
+    def join(self, addrs: list[Address], now: float) -> int:
+        self._join_id += 1
+        jid = self._join_id
+        self._joins[jid] = JoinOp(remaining=len(addrs))
+        if not addrs:
+            self._finish_join(jid)
+        for a in addrs:
+            self.start_push_pull(a, True, now, jid)
+        return jid
+
+    def tcp_ping(self, addr: Address, ping: bytes, now: float, deadline: float,
+                 seq: int) -> None:
+        sid = self.new_stream(addr, ping, True, now, "ping", deadline=deadline)
+        self._pending[sid].probe_seq = seq
+
+    def new_stream(self, addr: Address, message: bytes, expect_reply: bool, now: float,
                     purpose: str, deadline: float | None = None, join_id: int | None = None,
                     compress: bool | None = None) -> int:
         self._stream_id += 1
         if compress is None:
-            compress = self.config.enable_compression
+            compress = self.n.config.enable_compression
         data = frame_stream(message, compress=compress,
-                            keyring=self.keyring if self.encrypting else None)
+                            keyring=self.n.keyring if self.n.encrypting else None)
         req = StreamRequest(self._stream_id, addr, data, expect_reply,
-                            deadline if deadline is not None else now + self.config.tcp_timeout,
+                            deadline if deadline is not None else now + self.n.config.tcp_timeout,
                             purpose)
-        self._streams.append(req)
-        self.metrics[f"sent.stream.{purpose}"] += 1
+        self.streams.append(req)
+        self.n.metrics[f"sent.stream.{purpose}"] += 1
         if expect_reply:
-            self._pending[req.id] = PendingStream(req, StreamParser(self.keyring, self._limits), join_id)
+            self._pending[req.id] = PendingStream(req, StreamParser(self.n.keyring, self.n._limits), join_id)
         return req.id
 
     def _local_push_pull(self, join: bool) -> bytes:
-        nodes = self._ms.local_state()
+        nodes = self.n._ms.local_state()
         return encode_push_pull(PushPullHeader(len(nodes), 0, join), nodes)
 
-    def _start_push_pull(self, addr: Address, join: bool, now: float, join_id: int | None) -> None:
-        self._new_stream(addr, self._local_push_pull(join), True, now, "push_pull",
+    def start_push_pull(self, addr: Address, join: bool, now: float, join_id: int | None) -> None:
+        self.new_stream(addr, self._local_push_pull(join), True, now, "push_pull",
                          join_id=join_id)
 
     def push_pull_period(self) -> float:
         """memberlist's pushPullScale: the interval grows with log2 of the size past 32."""
-        n = self._ms.num_nodes()
-        interval = self.config.push_pull_interval
+        n = self.n._ms.num_nodes()
+        interval = self.n.config.push_pull_interval
         if n > 32:
             interval *= math.ceil(math.log2(n) - math.log2(32)) + 1
         return interval
 
-    def _periodic_push_pull(self, now: float) -> None:
-        self._next_push_pull = now + self.push_pull_period()
-        peers = self._k_random(1, lambda r: r.name == self.name or r.state != NodeState.ALIVE)
+    def periodic_push_pull(self, now: float) -> None:
+        peers = self.n._k_random(1, lambda r: r.name == self.n.name or r.state != NodeState.ALIVE)
         if peers:
-            self._start_push_pull(peers[0].address, False, now, None)
+            self.start_push_pull(peers[0].address, False, now, None)
 
-    def _reconnect(self, now: float) -> None:
+    def reconnect(self, now: float) -> None:
         """serf's reconnect: Join push/pull with a random failed member, with
         probability failed/alive so a big cluster does not storm."""
-        failed = self._ms.failed
+        failed = self.n._ms.failed
         for name, (_, since) in list(failed.items()):
-            if now - since > self.config.reconnect_timeout:
+            if now - since > self.n.config.reconnect_timeout:
                 del failed[name]
-        if not failed or self._leave_phase is not None:
+        if not failed or self.n._leave_phase is not None:
             return
-        if self.rng.random() > len(failed) / max(1, self.num_alive()):
+        if self.n.rng.random() > len(failed) / max(1, self.n.num_alive()):
             return
-        name = self.rng.choice(sorted(failed))
-        self.metrics["reconnect.attempts"] += 1
-        self._start_push_pull(failed[name][0], True, now, None)
+        name = self.n.rng.choice(sorted(failed))
+        self.n.metrics["reconnect.attempts"] += 1
+        self.start_push_pull(failed[name][0], True, now, None)
 
     def stream_reply(self, request_id: int, data: bytes | None, now: float) -> bool:
         """Feed reply bytes of an outbound stream; None = failed/EOF. True = close it."""
@@ -133,7 +198,7 @@ class SyncMixin(_Base):
             try:
                 msg = pend.parser.feed(data)
             except DecodeError as exc:
-                self._drop(exc.reason, pend.req.addr, exc)
+                self.n._drop(exc.reason, pend.req.addr, exc)
                 error = str(exc)
             if msg is None and error is None:
                 return False
@@ -141,7 +206,7 @@ class SyncMixin(_Base):
         if msg is not None:
             error = self._on_reply(pend, msg, now)
         if error is not None:
-            self.metrics[f"stream.{pend.req.purpose}.failed"] += 1
+            self.n.metrics[f"stream.{pend.req.purpose}.failed"] += 1
         if pend.join_id is not None:
             op = self._joins.get(pend.join_id)
             if op is not None:
@@ -156,79 +221,76 @@ class SyncMixin(_Base):
 
     def _finish_join(self, jid: int) -> None:
         op = self._joins.pop(jid)
-        self._ms.events.append(JoinCompleted(jid, op.ok, tuple(op.errors)))
+        self.n._ms.events.append(JoinCompleted(jid, op.ok, tuple(op.errors)))
 
     def _on_reply(self, pend: PendingStream, parsed: ParsedStream, now: float) -> str | None:
         msg = parsed.message
         if isinstance(msg, ErrResp):
-            self.metrics["recv.err"] += 1
+            self.n.metrics["recv.err"] += 1
             return f"remote error: {msg.error}"
-        if self.keyring and self.config.gossip_verify_incoming and not parsed.encrypted:
-            self._drop("plaintext_when_encrypted", pend.req.addr)
+        if self.n.keyring and self.n.config.gossip_verify_incoming and not parsed.encrypted:
+            self.n._drop("plaintext_when_encrypted", pend.req.addr)
             return "Encryption is configured but remote state is not encrypted"
         if pend.probe_seq is not None:
             if isinstance(msg, Ack) and msg.seq_no == pend.probe_seq:
-                p = self._probe
-                if p is not None and p.seq == pend.probe_seq:
-                    p.fallback_ok = True
+                self.n._tcp_ping_answered(pend.probe_seq)
                 return None
             return "unexpected reply to TCP ping"
         if not isinstance(msg, PushPull):
-            self._drop("unexpected_stream_reply", pend.req.addr)
+            self.n._drop("unexpected_stream_reply", pend.req.addr)
             return "expected a push/pull reply"
         return self._merge_remote(msg, pend.req.addr, now)
 
     def _merge_remote(self, pp: PushPull, src: Address, now: float) -> str | None:
-        self.metrics["recv.push_pull"] += 1
-        err = self._ms.verify_protocol(pp.nodes)
+        self.n.metrics["recv.push_pull"] += 1
+        err = self.n._ms.verify_protocol(pp.nodes)
         if err is not None:
-            self._drop("incompatible", src, DecodeError(err))
+            self.n._drop("incompatible", src, DecodeError(err))
             return err
-        self._ms.merge(pp.nodes, now)
+        self.n._ms.merge(pp.nodes, now)
         if pp.user_state and pp.user_state[0] == SERF_PUSH_PULL:
-            self._witness_serf_ltime(pp.user_state[1:])
+            self.n._witness_serf_ltime(pp.user_state[1:])
         return None
 
-    def open_stream(self, src: Address, now: float) -> InboundStream:
+    def open_stream(self, src: Address) -> InboundStream:
         """A peer connected to our TCP port; feed its bytes to the returned object."""
-        self._ensure_started(now)
         return InboundStream(self, src)
 
-    def _handle_inbound(self, parsed: ParsedStream, src: Address, now: float) -> bytes | None:
+    def handle_inbound(self, parsed: ParsedStream, src: Address, now: float) -> bytes | None:
         msg = parsed.message
-        if self.keyring and self.config.gossip_verify_incoming and not parsed.encrypted:
-            self._drop("plaintext_when_encrypted", src)
-            return self._frame(codec.encode(ErrResp(
+        if self.n.keyring and self.n.config.gossip_verify_incoming and not parsed.encrypted:
+            self.n._drop("plaintext_when_encrypted", src)
+            return self.frame(codec.encode(ErrResp(
                 "Encryption is configured but remote state is not encrypted")))
         if isinstance(msg, PushPull):
-            reply = self._frame(self._local_push_pull(msg.header.join))
+            reply = self.frame(self._local_push_pull(msg.header.join))
             self._merge_remote(msg, src, now)  # reply first, then merge (as memberlist)
             return reply
         if isinstance(msg, Ping):
-            self.metrics["recv.stream.ping"] += 1
-            if msg.node and msg.node != self.name:
-                self._drop("ping_wrong_node", src)
+            self.n.metrics["recv.stream.ping"] += 1
+            if msg.node and msg.node != self.n.name:
+                self.n._drop("ping_wrong_node", src)
                 return None
-            return self._frame(codec.encode(Ack(msg.seq_no)))
+            return self.frame(codec.encode(Ack(msg.seq_no)))
         if isinstance(msg, StreamUser):
-            self.metrics["recv.stream.user"] += 1
-            self._on_user(msg.payload, src, now, reliable=True)
+            self.n.metrics["recv.stream.user"] += 1
+            self.n._on_user(msg.payload, src, now, reliable=True)
             return None
-        self._drop("unexpected_stream_message", src)
+        self.n._drop("unexpected_stream_message", src)
         return None
 
-    def _frame(self, message: bytes) -> bytes:
-        return frame_stream(message, compress=self.config.enable_compression,
-                            keyring=self.keyring if self.encrypting else None)
+    def frame(self, message: bytes) -> bytes:
+        return frame_stream(message, compress=self.n.config.enable_compression,
+                            keyring=self.n.keyring if self.n.encrypting else None)
 
 
 class InboundStream:
     """One accepted TCP connection, sans-IO: feed bytes, get at most one reply."""
 
-    def __init__(self, core: Memberlist, src: Address) -> None:
-        self._core = core
+    def __init__(self, syncer: Syncer, src: Address) -> None:
+        self._sync = syncer
         self.src = src
-        self._parser = StreamParser(core.keyring, core._limits)
+        self._parser = StreamParser(syncer.n.keyring, syncer.n._limits)
         self.done = False
 
     def feed(self, data: bytes, now: float) -> bytes | None:
@@ -236,24 +298,24 @@ class InboundStream:
         after ``done`` is set the connection should be closed."""
         if self.done:
             return None
-        core = self._core
+        sync = self._sync
         try:
             parsed = self._parser.feed(data)
         except DecodeError as exc:
             self.done = True
-            core._drop(exc.reason, self.src, exc)
-            return core._frame(codec.encode(ErrResp(str(exc))))
+            sync.n._drop(exc.reason, self.src, exc)
+            return sync.frame(codec.encode(ErrResp(str(exc))))
         if parsed is None:
             return None
         self.done = True
         try:
-            return core._handle_inbound(parsed, self.src, now)
+            return sync.handle_inbound(parsed, self.src, now)
         except DecodeError as exc:
-            core._drop(exc.reason, self.src, exc)
+            sync.n._drop(exc.reason, self.src, exc)
             return None
 
     def eof(self, now: float) -> None:
         """The peer closed before sending a complete message."""
         if not self.done:
             self.done = True
-            self._core._drop("truncated", self.src)
+            self._sync.n._drop("truncated", self.src)

@@ -5,6 +5,12 @@ array (``use_bin_type=True``; this never goes to serf, so bin is fine)::
 
     gossip     [1, [entry, ...]]            UDP (or TCP for one entry too big for UDP)
     push/pull  [2, reply: bool, [entry, ...]]  TCP; reply=True asks for the peer's state
+    digest     [3, [[owner: str, rows: int, hash: int], ...]]
+                                            TCP; per owner, its live rows: how many and
+                                            a 64-bit sum of their hashes (tabledigest)
+    sync       [4, reply: bool, [owner, ...], [entry, ...]]
+                                            TCP; every row of these owners; reply=True
+                                            asks for the peer's rows of the same owners
 
     entry      [table: str, key: str, owner: str, ltime: int, deleted: bool,
                 value: bin, reap_ms: int]
@@ -23,7 +29,7 @@ UDP batch exactly without re-encoding (msgpack arrays concatenate: header + item
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -36,6 +42,9 @@ PREFIX = bytes((MAGIC, VERSION))
 
 KIND_GOSSIP = 1
 KIND_PUSH_PULL = 2
+KIND_DIGEST = 3
+KIND_SYNC = 4
+MAX_HASH = 2**64 - 1
 
 # Limits, in bytes of UTF-8 for strings. Local callers are held to the same limits
 # (``check_table`` etc. raise ValueError) so that whatever we send, peers accept.
@@ -84,6 +93,18 @@ class GossipMsg:
 @dataclass(frozen=True, slots=True)
 class PushPullMsg:
     reply: bool
+    entries: tuple[WireEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestMsg:
+    digest: tuple[tuple[str, int, int], ...]  #: (owner, live rows, hash)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMsg:
+    reply: bool
+    owners: tuple[str, ...]
     entries: tuple[WireEntry, ...]
 
 
@@ -156,19 +177,46 @@ def chunk_push_pull(reply: bool, blobs: Iterable[bytes], max_size: int) -> list[
     Only the first chunk carries ``reply`` (the peer answers once). An empty state
     still gives one (empty) message, so a peer with nothing still asks for a reply.
     """
-    budget = max_size - PUSH_PULL_OVERHEAD
+    return _chunks(blobs, max_size - PUSH_PULL_OVERHEAD,
+                   lambda first, items: pack_push_pull(reply and first, items))
+
+
+def _chunks(blobs: Iterable[bytes], budget: int,
+            pack: Callable[[bool, list[bytes]], bytes]) -> list[bytes]:
+    """Entry blobs packed into messages of at most ``budget`` bytes of entries each
+    (``pack(first, items)``); at least one message, even for no entries."""
     out: list[bytes] = []
     cur: list[bytes] = []
     size = 0
     for blob in blobs:
         if cur and size + len(blob) > budget:
-            out.append(pack_push_pull(reply and not out, cur))
+            out.append(pack(not out, cur))
             cur, size = [], 0
         cur.append(blob)
         size += len(blob)
     if cur or not out:
-        out.append(pack_push_pull(reply and not out, cur))
+        out.append(pack(not out, cur))
     return out
+
+
+def pack_digest(digest: dict[str, tuple[int, int]]) -> bytes:
+    rows = [[owner, n, h] for owner, (n, h) in sorted(digest.items())]
+    return PREFIX + msgpack.packb([KIND_DIGEST, rows], use_bin_type=True)
+
+
+def chunk_sync(reply: bool, owners: Sequence[str], blobs: Iterable[bytes],
+               max_size: int) -> list[bytes]:
+    """The rows of ``owners`` in sync messages of at most ``max_size`` bytes; only the
+    first carries ``reply``; every one names the owners."""
+    head_owners = msgpack.packb(list(owners), use_bin_type=True)
+    budget = max_size - PUSH_PULL_OVERHEAD - len(head_owners)
+
+    def pack(first: bool, items: list[bytes]) -> bytes:
+        flag = msgpack.packb(reply and first)
+        head = b"\x94" + msgpack.packb(KIND_SYNC) + flag + head_owners
+        return b"".join((PREFIX, head, _array_header(len(items)), *items))
+
+    return _chunks(blobs, budget, pack)
 
 
 # --- decoding (peer garbage raises TableDecodeError) ---------------------------------
@@ -220,7 +268,26 @@ def _decode_entries(raw: object) -> tuple[WireEntry, ...]:
     return tuple(_decode_entry(r) for r in raw)
 
 
-def decode(payload: bytes) -> GossipMsg | PushPullMsg:
+def _decode_digest(raw: object) -> tuple[tuple[str, int, int], ...]:
+    if type(raw) is not list:
+        raise TableDecodeError("bad_type", "digest")
+    out = []
+    for item in raw:
+        if type(item) is not list or len(item) != 3:
+            raise TableDecodeError("bad_entry", "digest row")
+        out.append((_field_str(item[0], "owner", MAX_NODE),
+                    _field_int(item[1], "rows", MAX_ENTRIES),
+                    _field_int(item[2], "hash", MAX_HASH)))
+    return tuple(out)
+
+
+def _decode_owners(raw: object) -> tuple[str, ...]:
+    if type(raw) is not list:
+        raise TableDecodeError("bad_type", "owners")
+    return tuple(_field_str(o, "owner", MAX_NODE) for o in raw)
+
+
+def decode(payload: bytes) -> GossipMsg | PushPullMsg | DigestMsg | SyncMsg:
     """Decode one message; raises ``TableDecodeError`` for anything malformed."""
     if len(payload) < 3:
         raise TableDecodeError("short")
@@ -259,4 +326,14 @@ def decode(payload: bytes) -> GossipMsg | PushPullMsg:
         if type(obj[1]) is not bool:
             raise TableDecodeError("bad_type", "reply")
         return PushPullMsg(obj[1], _decode_entries(obj[2]))
+    if kind == KIND_DIGEST:
+        if len(obj) != 2:
+            raise TableDecodeError("bad_length", "digest")
+        return DigestMsg(_decode_digest(obj[1]))
+    if kind == KIND_SYNC:
+        if len(obj) != 4:
+            raise TableDecodeError("bad_length", "sync")
+        if type(obj[1]) is not bool:
+            raise TableDecodeError("bad_type", "reply")
+        return SyncMsg(obj[1], _decode_owners(obj[2]), _decode_entries(obj[3]))
     raise TableDecodeError("unknown_kind", str(kind))

@@ -31,11 +31,15 @@ Dissemination
       ``gossip_interval`` apart, but a node that had nothing to send for a whole
       interval sends its first round at once (``next_deadline`` is then <= now), so an
       idle cluster forwards news at network speed and then settles into rounds.
-    * Push/pull (anti-entropy): every ``push_pull_interval`` (jittered, and stretched
-      like memberlist's for clusters over 32 nodes) a full state goes to one random
-      up member over TCP; it answers with its own state as it was before merging, so
-      both converge. Entries learned this way are *not* re-gossiped (a joining node
-      would otherwise re-flood the whole table); fresh changes always are.
+    * Anti-entropy: every ``push_pull_interval`` (jittered, and stretched like
+      memberlist's for clusters over 32 nodes) a *digest* (per owner: live rows and a
+      hash of them, ``tabledigest``) goes to one random up member over TCP. If they
+      agree, that is all. Otherwise it answers with a *sync*: its rows of the owners
+      that differ, asking for ours of the same owners (sent as they were before
+      merging), so both converge on those owners. Entries learned this way are *not*
+      re-gossiped (a joining node would otherwise re-flood the whole table); fresh
+      changes always are. A full push/pull (the whole state both ways) is what a
+      member that comes up gets:
     * When a member comes up we push/pull with it at once, but with probability
       ``min(1, up_sync_fanout / n_up)`` and at most ``up_sync_burst`` per gossip
       interval: a restarted node is synced by about ``up_sync_fanout`` peers instead of
@@ -94,7 +98,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from meshnet.gossip import tablecodec as codec
-from meshnet.gossip.tablecodec import GossipMsg, TableDecodeError, WireEntry
+from meshnet.gossip.tablecodec import DigestMsg, GossipMsg, SyncMsg, TableDecodeError, WireEntry
+from meshnet.gossip.tabledigest import differing, digest
 from meshnet.gossip.tablequeue import BroadcastQueue
 from meshnet.gossip.tabletypes import Entry, EventKind, Outgoing, TableConfig, TableEvent
 
@@ -362,6 +367,24 @@ class Tables:
                 self._send_gossip(node, blobs)
             self._corrections.clear()
             return
+        if isinstance(msg, DigestMsg):
+            self._counters["recv_digest"] += 1
+            owners = differing(digest(self.rows()), msg.digest)
+            if not owners:
+                self._counters["digest_equal"] += 1
+                return
+            self._counters["digest_differ"] += 1
+            for payload_out in self._sync_messages(True, owners, now):
+                self._send(from_node, payload_out, reliable=True)
+            return
+        if isinstance(msg, SyncMsg):
+            self._counters["recv_sync"] += 1
+            reply = self._sync_messages(False, msg.owners, now) if msg.reply else []
+            for e in msg.entries:
+                self._merge(e, from_node, now, gossip=False)
+            for payload_out in reply:
+                self._send(from_node, payload_out, reliable=True)
+            return
         self._counters["recv_push_pull"] += 1
         reply = self._state_messages(False, now) if msg.reply else []
         for e in msg.entries:
@@ -388,8 +411,10 @@ class Tables:
                 self._next_gossip = now + cfg.gossip_interval
         if now >= self._next_push_pull:
             if self._up.names:
+                # by digest: rows travel only for the owners whose rows differ
                 self._counters["push_pull_periodic"] += 1
-                self._start_push_pull(self._rng.choice(self._up.names), now)
+                self._send(self._rng.choice(self._up.names),
+                           codec.pack_digest(digest(self.rows())), reliable=True)
             jitter = 1 + cfg.push_pull_jitter * self._rng.uniform(-1, 1)
             self._next_push_pull = now + self._push_pull_period() * jitter
         for node, down in list(self._down.items()):
@@ -614,6 +639,17 @@ class Tables:
             for e in rows.values()
         )
         return codec.chunk_push_pull(reply, blobs, self.config.max_reliable_size)
+
+    def _sync_messages(self, reply: bool, owners: tuple[str, ...] | list[str],
+                       now: float) -> list[bytes]:
+        wanted = set(owners)
+        blobs = (
+            codec.encode_entry(self._to_wire(e, now))
+            for rows in self._store.values()
+            for e in rows.values()
+            if e.owner in wanted
+        )
+        return codec.chunk_sync(reply, list(owners), blobs, self.config.max_reliable_size)
 
     def _start_push_pull(self, node: str, now: float) -> None:
         self._counters["push_pull_started"] += 1

@@ -1,15 +1,30 @@
-"""Service load balancing and the routing mesh: planner, iptables and IPVS backends,
-health checks.
+"""Load balancing: service VIPs, the routing mesh (published ports) and task health
+checks, with three interchangeable backends. (The package keeps the name ``ipvs`` from
+the project's layout; IPVS is only one of its backends.)
 
-Modules: ``state`` (the desired state as frozen data), ``planner`` (tables -> LbState,
-pure), ``incremental`` (the same kept current one changed row at a time: what the agent
-runs), ``rules`` (LbState -> iptables chains, pure), ``iptables`` (plan/observe/apply via
-one ``iptables-restore --noflush`` per namespace; conntrack helper), ``ipvs`` (fwmark IPVS
-services over generic netlink; ``ipvs_available()``), ``nftrules``/``nftables``/``nftnl``
-(``--lb nftables``: sandboxes in nftables maps, backend changes as map elements over
-netlink, so their cost does not grow with the table), ``backend`` (the interface,
-``choose_backend``), ``reconciler`` (sync loop body), ``health`` (sans-IO checker core and
-asyncio driver).
+Where each part is:
+
+==================  ==============================================================
+backend             modules
+==================  ==============================================================
+iptables (default)  ``rules`` (LbState -> iptables chains, pure), ``iptables`` (plan,
+                    observe, apply via one ``iptables-restore --noflush`` per
+                    namespace; conntrack helper), ``commitack`` (restore, then wait
+                    for the kernel's commit)
+nftables            ``nftrules`` (LbState -> nftables maps, pure), ``nftables``
+                    (apply), ``nftnl`` (map elements over netlink): a backend change
+                    is a few map elements, whatever the size of the table
+IPVS                ``ipvs`` (fwmark IPVS services over generic netlink;
+                    ``ipvs_available()``: this kernel may have none)
+the interface       ``backend`` (``LbBackend``, ``choose_backend`` for ``--lb``)
+==================  ==============================================================
+
+Shared by all backends: ``state`` (the desired state as frozen data), ``planner`` (tables
+-> LbState, pure), ``incremental`` (the same kept current one changed row at a time: what
+the agent runs), ``reconciler`` (the sync loop body), ``netobjects`` (the kernel objects
+around the rules: VIP addresses, ingress veths, routes), ``reserve`` (published-port
+reservations), ``health`` / ``health_driver`` (sans-IO checker core and asyncio driver),
+and ``agentlb`` (the service inside the agent, given a ``HostPort``).
 
 Packet path, east-west (container -> VIP:port, iptables backend)
 ---------------------------------------------------------------

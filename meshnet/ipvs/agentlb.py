@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshnet.hostport import HostPort
 from meshnet.ipvs.backend import choose_backend
 from meshnet.ipvs.health import targets
 from meshnet.ipvs.health_driver import HealthChecker
@@ -26,29 +27,27 @@ from meshnet.ipvs.reserve import PortReservations
 from meshnet.model import Endpoint, IPAddress, TaskHealth
 from meshnet.vxlan.state import mac_for
 
-if TYPE_CHECKING:
-    from meshnet.agent import Agent
-
 log = logging.getLogger("meshnet.ipvs")
 TABLES = frozenset({"networks", "endpoints", "services", "published", "health"})
 
 
 class LoadBalancing:
-    def __init__(self, agent: Agent, backend: Any = None, net: Any = None,
-                 probe: tuple[bool, str] | None = None) -> None:
-        """``probe``: the result of ``ipvs_available()``, run on the kernel thread (it
-        uses pyroute2, which must not run on the event loop)."""
-        self.agent = agent
+    def __init__(self, host: HostPort, mode: str = "auto", backend: Any = None,
+                 net: Any = None, probe: tuple[bool, str] | None = None) -> None:
+        """``mode``: the ``--lb`` choice. ``probe``: the result of ``ipvs_available()``,
+        run on the kernel thread (it uses pyroute2, which must not run on the event
+        loop)."""
+        self.host = host
         self.ipvs_ok, self.ipvs_reason = probe or (False, "not probed")
         if backend is None:
-            backend, self.why = choose_backend(agent.config.lb, agent.prefix,  # type: ignore
+            backend, self.why = choose_backend(mode, host.prefix,  # type: ignore[arg-type]
                                                probe=lambda: (self.ipvs_ok, self.ipvs_reason))
         else:
             self.why = "injected"
         self.backend = backend
-        self.rec = LbReconciler(agent.node, agent.store, self.backend, agent.prefix,
-                                agent.in_kernel, lb_ips=self.lb_ips, down_hosts=self.down_hosts)
-        self.net = net or LbNetKernel(agent.prefix)
+        self.rec = LbReconciler(host.node, host.store, self.backend, host.prefix,
+                                host.in_kernel, lb_ips=self.lb_ips, down_hosts=self.down_hosts)
+        self.net = net or LbNetKernel(host.prefix)
         self.reservations = PortReservations()
         self.health = HealthChecker(emit=self._health_changed)
         self.health_written: set[str] = set()
@@ -57,13 +56,13 @@ class LoadBalancing:
 
     @property
     def lb_name(self) -> str:
-        return f"lb-{self.agent.node}"
+        return f"lb-{self.host.node}"
 
     def start(self) -> None:
         # results written before a restart (loaded with the durable tables) are ours to
         # retract if their task is gone
-        self.health_written = {key for key, _, owner in self.agent.store.backend.items("health")
-                               if owner == self.agent.node}
+        self.health_written = {key for key, _, owner in self.host.store.backend.items("health")
+                               if owner == self.host.node}
         self.health.start()
 
     async def stop(self) -> None:
@@ -81,7 +80,7 @@ class LoadBalancing:
     def down_hosts(self) -> set[str]:
         """Hosts found gone (or left); a host whose agent is merely down keeps its tasks,
         with the health they last had."""
-        return self.agent.gone_hosts()
+        return self.host.gone_hosts()
 
     async def _ensure_lb_addresses(self) -> None:
         planner = self.rec.planner
@@ -90,17 +89,16 @@ class LoadBalancing:
         networks = planner.networks
         for name in sorted(need - set(have)):
             if name in networks:
-                ep = await self.agent._claim(networks[name], None, lambda ip, n=name: Endpoint(
-                    network=n, ip=ip, mac=mac_for(ip), host=self.agent.node,
+                ep = await self.host.claim(networks[name], None, lambda ip, n=name: Endpoint(
+                    network=n, ip=ip, mac=mac_for(ip), host=self.host.node,
                     name=self.lb_name))
                 log.info("load-balancer address %s on %s", ep.ip, name)
         for name in sorted(set(have) - need):
-            self.agent.store.delete("endpoints", have[name].key, self.agent.clock())
+            self.host.store.delete("endpoints", have[name].key, self.host.clock())
 
     async def sync(self, full: bool) -> None:
-        agent = self.agent
-        if agent.overlay_sync is not None:
-            await agent.overlay_sync.settled(timeout=30)
+        host = self.host
+        await host.overlay_settled(30)
         self.rec.refresh(full)
         await self._ensure_lb_addresses()
         await self.rec.sync(full)
@@ -108,18 +106,18 @@ class LoadBalancing:
         key = net_key(state)
         if full or key != self._net_done or self.not_ready:
             self._net_done = None
-            self.not_ready = await agent.in_kernel(lambda: self.net.apply(state))
+            self.not_ready = await host.in_kernel(lambda: self.net.apply(state))
             if not self.not_ready:
                 self._net_done = key
         self.reservations.sync(set(state.host.reserved))
-        store = agent.store
+        store = host.store
         planner = self.rec.planner
-        tgts = targets(agent.node, planner.networks, planner.services,
-                       planner.local_endpoints(), agent.prefix)
+        tgts = targets(host.node, planner.networks, planner.services,
+                       planner.local_endpoints(), host.prefix)
         self.health.set_targets(tgts)
         live = {t.key for t in tgts}
         for key in sorted(self.health_written - live):  # tasks gone or check removed
-            store.delete("health", key, agent.clock())
+            store.delete("health", key, host.clock())
             self.health_written.discard(key)
         if self.not_ready or self.rec.skipped:
             # a sandbox the overlay has not made (yet, or any more: a namespace that
@@ -127,17 +125,12 @@ class LoadBalancing:
             # do not fail this run, so attach/detach (which wait for every runner to
             # settle) are never held up by it.
             log.debug("sandboxes not ready: %s", self.not_ready or self.rec.skipped)
-            asyncio.get_running_loop().call_later(0.5, self._kick)
-
-    def _kick(self) -> None:
-        for runner in self.agent.runners:
-            if runner.name == "lb":
-                runner.kick()
+            asyncio.get_running_loop().call_later(0.5, self.host.kick, "lb")
 
     def _health_changed(self, th: TaskHealth) -> None:
         key = f"{th.network}/{th.ip}"
         self.health_written.add(key)
-        self.agent.store.put("health", key, th, self.agent.clock())
+        self.host.store.put("health", key, th, self.host.clock())
         log.info("task %s of %s is %s%s", th.ip, th.service,
                  "healthy" if th.healthy else "unhealthy",
                  f" ({th.reason})" if th.reason else "")
@@ -156,7 +149,7 @@ class LoadBalancing:
 
     def backend_counts(self) -> dict[str, dict[str, int]]:
         """Backends by health per service (for metrics)."""
-        store = self.agent.store
+        store = self.host.store
         health = store.all("health")
         out: dict[str, dict[str, int]] = {}
         for key, e in store.endpoints().items():

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
+from meshnet.clitools import Parser, emit, table
 from meshnet.errors import UserError
 from meshnet.lab.topology import LabSpec, check_lab_name
 
 
 def add_lab_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from meshnet.cli import _Parser
-
     lab = sub.add_parser("lab", help="multi-host lab from network namespaces").add_subparsers(
-        dest="lab_cmd", required=True, parser_class=_Parser)
+        dest="lab_cmd", required=True, parser_class=Parser)
 
     def named(name: str, help: str) -> argparse.ArgumentParser:
         p = lab.add_parser(name, help=help)
@@ -55,13 +53,6 @@ def add_lab_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     named("down", "remove the lab and everything it created")
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif text:
-        print(text)
-
-
 def _command(rest: list[str]) -> list[str]:
     if not rest:
         raise UserError("nothing to run: give a command after --")
@@ -74,12 +65,10 @@ def dispatch(args: argparse.Namespace) -> None:
     cmd = args.lab_cmd
     if cmd == "ls":
         labs = [Lab.load(n).describe() for n in Lab.names()]
-        from meshnet.cli import table
-
         rows = [(lab["name"], len(lab["hosts"]),
                  sum(h["agent"] == "up" for h in lab["hosts"]), len(lab["containers"]),
                  lab["underlay_mtu"]) for lab in labs]
-        _print(args, labs, table(rows, ("LAB", "HOSTS", "AGENTS UP", "CONTAINERS", "MTU"))
+        emit(args, labs, table(rows, ("LAB", "HOSTS", "AGENTS UP", "CONTAINERS", "MTU"))
                if labs else "no labs")
         return
     check_lab_name(args.name)
@@ -89,7 +78,7 @@ def dispatch(args: argparse.Namespace) -> None:
         quiet = args.json
         lab.up(progress=(lambda s: None) if quiet else (lambda s: print(f"  {s}", flush=True)),
                agent_args=args.agent_arg)
-        _print(args, lab.describe(),
+        emit(args, lab.describe(),
                f"lab {spec.name} up: {spec.hosts} hosts on {spec.host_addr('h1')}/24; "
                f"try 'meshnet lab exec --name {spec.name} h1 -- meshnet members'")
     elif cmd == "down":
@@ -99,19 +88,19 @@ def dispatch(args: argparse.Namespace) -> None:
             # no state file: still sweep anything left under this lab's names
             lab = Lab(LabSpec(name=args.name))
         removed = lab.down()
-        _print(args, {"removed": removed},
+        emit(args, {"removed": removed},
                f"lab {args.name} down ({len(removed)} namespaces removed)")
     elif cmd == "stop":
         lab = Lab.load(args.name)
         stopped = lab.stop_agent(args.host)
-        _print(args, {"host": args.host, "stopped": stopped},
+        emit(args, {"host": args.host, "stopped": stopped},
                f"agent on {args.host} stopped" if stopped
                else f"agent on {args.host} was not running")
     elif cmd == "restart":
         lab = Lab.load(args.name)
         lab.stop_agent(args.host)
         lab.restart_agent(args.host)
-        _print(args, {"host": args.host, "pid": lab.agent_pid(args.host)},
+        emit(args, {"host": args.host, "pid": lab.agent_pid(args.host)},
                f"agent on {args.host} up again (pid {lab.agent_pid(args.host)})")
     elif cmd == "exec":
         lab = Lab.load(args.name)
@@ -139,6 +128,6 @@ def dispatch(args: argparse.Namespace) -> None:
             raise UserError("--service, --alias and --ip need --network")
         rec = lab.run(args.host, args.container, _command(args.command_args), attach)
         ep = rec.get("endpoint") or {}
-        _print(args, rec, f"container {args.container} on {args.host} (netns {rec['netns']})"
+        emit(args, rec, f"container {args.container} on {args.host} (netns {rec['netns']})"
                + (f", {ep.get('ip')} on {ep.get('network')}" if ep else "")
                + f"; output in {lab.spec.state_dir / (args.container + '.log')}")

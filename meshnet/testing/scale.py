@@ -11,7 +11,8 @@ import math
 import random
 
 from meshnet.gossip.config import GossipConfig
-from meshnet.gossip.state import NodeState, meshnet_meta
+from meshnet.gossip.member import meshnet_meta
+from meshnet.gossip.state import NodeState
 from meshnet.gossip.tables import TableConfig, Tables
 from meshnet.testing.fabric import Fabric
 from meshnet.testing.tablesim import settled

@@ -27,9 +27,10 @@ import logging
 import secrets
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meshnet.errors import ModelError, UserError
+from meshnet.hostport import HostPort
 from meshnet.ipvs.state import ingress_link_name
 from meshnet.trace import probe as kernel
 from meshnet.trace.capture import Capture, Point
@@ -55,20 +56,11 @@ from meshnet.trace.model import (
 from meshnet.trace.path import Expected, View, expected_ingress, expected_path, find_source
 from meshnet.vxlan.state import sandbox_ns, vxlan_name
 
-if TYPE_CHECKING:
-    from meshnet.agent import Agent
-
 log = logging.getLogger("meshnet.trace")
 TABLE = "traces"
 ARM_TIMEOUT = 1.5  #: how long the origin waits for remote captures to be armed
 PROBE_TIMEOUT = 1.5
 RESULT_TTL = 30.0
-
-
-def trace_routes(agent: Agent) -> list[tuple[tuple[str, str], Any]]:
-    """The API route, and the capture service for peers (registered as a side effect:
-    every agent builds its API once, at start)."""
-    return Tracer(agent).routes()
 
 
 def fit(data: dict[str, Any]) -> str:
@@ -88,25 +80,21 @@ def fit(data: dict[str, Any]) -> str:
 
 
 class Tracer:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.node = agent.node
-        self.store = agent.store
+    """Both roles; the agent makes one at start (it serves peers' capture orders from
+    then on) and the API calls ``trace`` and ``in_flight``."""
+
+    def __init__(self, host: HostPort) -> None:
+        self.host = host
+        self.node = host.node
+        self.store = host.store
         self.serving: dict[str, tuple[Capture | None, asyncio.Event]] = {}
         self.results: dict[str, asyncio.Event] = {}  #: trace id -> kicked on results
         self.stats: Counter[str] = Counter()
         self.store.listeners.append(self._changed)
 
-    def routes(self) -> list[tuple[tuple[str, str], Any]]:
-        async def handle(request: Any) -> Any:
-            from meshnet.api.server import read_body
-
-            return await self.trace(TraceRequest.from_body(await read_body(request)))
-
-        async def in_flight(request: Any) -> Any:
-            return sorted(k for k, _, _ in self.store.backend.items(TABLE))
-
-        return [(("POST", "/v1/trace"), handle), (("GET", "/v1/trace"), in_flight)]
+    def in_flight(self) -> list[str]:
+        """Keys of the trace entries in the tables (orders and results)."""
+        return sorted(k for k, _, _ in self.store.backend.items(TABLE))
 
     # --- tables ---------------------------------------------------------------------
 
@@ -117,7 +105,7 @@ class Tracer:
     def _put(self, kind: str, trace: str, node: str, until: float, data: str) -> None:
         e = TraceEntry(trace=trace, kind=kind, node=node, until=until,  # type: ignore[arg-type]
                        data=data)
-        self.store.put(TABLE, e.key, e, self.agent.clock())
+        self.store.put(TABLE, e.key, e, self.host.clock())
 
     def _changed(self, table: str, key: str) -> None:
         if table != TABLE:
@@ -171,9 +159,9 @@ class Tracer:
         vx = bpf_filter(order.proto, order.marker, vxlan=True,
                         inner_v6=ipaddress.ip_address(order.client).version == 6)
         plain = bpf_filter(order.proto, order.marker)
-        ul = await self.agent.in_kernel(lambda: kernel.underlay_iface(self.agent.vtep))
+        ul = await self.host.in_kernel(lambda: kernel.underlay_iface(self.host.vtep))
         points = [Point("underlay", None, ul or "eth0", vx),
-                  Point("sandbox", sandbox_ns(self.agent.prefix, order.vni),
+                  Point("sandbox", sandbox_ns(self.host.prefix, order.vni),
                         vxlan_name(order.vni), plain)]
         for e in self.store.endpoints().values():
             if (e.host == self.node and e.netns and e.network == order.network
@@ -209,15 +197,15 @@ class Tracer:
         except TimeoutError:
             pass
         finally:
-            self.store.delete(TABLE, rkey, self.agent.clock())
+            self.store.delete(TABLE, rkey, self.host.clock())
 
     # --- origin side -------------------------------------------------------------------
 
     def view(self) -> View:
         s = self.store
-        down = self.agent.gone_hosts()
+        down = self.host.gone_hosts()
         vteps = {name: str(n.vtep_addr) for name, n in s.all("vteps").items()}  # type: ignore[attr-defined]
-        return View(node=self.node, prefix=self.agent.prefix, networks=s.networks(),
+        return View(node=self.node, prefix=self.host.prefix, networks=s.networks(),
                     endpoints=list(s.endpoints().values()), services=s.services(),
                     health=s.all("health"), published=list(s.all("published").values()),  # type: ignore[arg-type]
                     vteps=vteps, down=down)
@@ -232,7 +220,7 @@ class Tracer:
                                 f"{req.from_host}'s (--api)")
             assert req.port is not None
             exp = expected_ingress(view, req.port, req.proto)
-            addr = req.dst or self.agent.vtep
+            addr = req.dst or self.host.vtep
             res = Resolution(name=addr, skipped=f"published port {req.port}/{req.proto} on "
                                                 f"{self.node} (no DNS)")
             report.update({"from": f"{self.node} (published port)",
@@ -285,7 +273,7 @@ class Tracer:
         sock = await asyncio.to_thread(kernel.ProbeSocket, probe_ns, req.proto, v6)
         marker = sock.marker
         probe_len = (40 if v6 else 20) + (40 if req.proto == "tcp" else 8 + 32)
-        facts = await self.agent.in_kernel(lambda: kernel.read_facts(
+        facts = await self.host.in_kernel(lambda: kernel.read_facts(
             exp.sandbox, exp.vxlan_dev, probe_ns, src_if, probe_len))
         remote = [h for h in exp.remote_hosts]
         cap = Capture(self.node, await self._origin_points(exp, probe_ns, src_if, marker,
@@ -326,7 +314,7 @@ class Tracer:
             cap.close()
             await asyncio.to_thread(sock.close)
             for host in orders:
-                self.store.delete(TABLE, entry_key(tid, "capture", host), self.agent.clock())
+                self.store.delete(TABLE, entry_key(tid, "capture", host), self.host.clock())
             self.results.pop(tid, None)
             for ns in {probe_ns, exp.sandbox}:
                 await asyncio.to_thread(kernel.conntrack_forget, ns, req.proto, marker)
@@ -399,7 +387,7 @@ class Tracer:
         if exp.remote_hosts or exp.kind != "direct":
             points.append(Point("sandbox", exp.sandbox, exp.vxlan_dev, plain))
         if exp.remote_hosts:
-            ul = await self.agent.in_kernel(lambda: kernel.underlay_iface(self.agent.vtep))
+            ul = await self.host.in_kernel(lambda: kernel.underlay_iface(self.host.vtep))
             v6 = ipaddress.ip_address(exp.client).version == 6 if exp.client else False
             points.append(Point("underlay", None, ul or "eth0",
                                 bpf_filter(proto, marker, vxlan=True, inner_v6=v6)))
@@ -414,4 +402,4 @@ class Tracer:
         return dict(self.stats)
 
 
-__all__ = ["Facts", "Tracer", "trace_routes"]
+__all__ = ["Facts", "Tracer"]

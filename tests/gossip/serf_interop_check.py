@@ -51,8 +51,8 @@ async def run_node(args: argparse.Namespace) -> None:
     from meshnet.gossip.config import GossipConfig
     from meshnet.gossip.core import Memberlist
     from meshnet.gossip.events import UserMessage
+    from meshnet.gossip.member import meshnet_meta
     from meshnet.gossip.security import Keyring
-    from meshnet.gossip.state import meshnet_meta
 
     host, port = args.bind.rsplit(":", 1)
     keyring = Keyring.from_base64([args.encrypt]) if args.encrypt else None

@@ -12,9 +12,9 @@ from meshnet.gossip.adapter import GossipAdapter
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.core import Memberlist
 from meshnet.gossip.events import MemberJoin, MemberLeave, UserMessage
+from meshnet.gossip.member import meshnet_meta
 from meshnet.gossip.messages import Ack, Alive, Ping, addr_to_wire
 from meshnet.gossip.security import Keyring
-from meshnet.gossip.state import meshnet_meta
 
 
 def free_port() -> int:

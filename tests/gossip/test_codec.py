@@ -10,6 +10,7 @@ import pytest
 
 from meshnet.errors import PeerError
 from meshnet.gossip import codec, lzw
+from meshnet.gossip.member import decode_tags, encode_tags, meshnet_meta
 from meshnet.gossip.messages import (
     Ack,
     Alive,
@@ -27,7 +28,6 @@ from meshnet.gossip.messages import (
     addr_from_wire,
     addr_to_wire,
 )
-from meshnet.gossip.state import decode_tags, encode_tags, meshnet_meta
 
 VSN = bytes([1, 5, 2, 2, 5, 5])
 

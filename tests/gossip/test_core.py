@@ -18,6 +18,7 @@ from meshnet.gossip.events import (
     MemberUpdate,
     UserMessage,
 )
+from meshnet.gossip.member import encode_tags, meshnet_meta
 from meshnet.gossip.messages import (
     Ack,
     Alive,
@@ -33,7 +34,6 @@ from meshnet.gossip.messages import (
     addr_to_wire,
 )
 from meshnet.gossip.security import Keyring
-from meshnet.gossip.state import encode_tags, meshnet_meta
 from meshnet.gossip.stream import StreamParser, encode_push_pull, frame_stream
 
 VSN = bytes([1, 5, 2, 2, 5, 5])

@@ -11,6 +11,7 @@ from meshnet.errors import PeerError
 from meshnet.gossip import codec
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.core import Memberlist
+from meshnet.gossip.member import decode_tags
 from meshnet.gossip.messages import (
     Ack,
     Alive,
@@ -24,7 +25,6 @@ from meshnet.gossip.messages import (
     User,
 )
 from meshnet.gossip.security import Keyring
-from meshnet.gossip.state import decode_tags
 from meshnet.gossip.stream import StreamParser, encode_push_pull, encode_user_stream, frame_stream
 
 VSN = bytes([1, 5, 2, 2, 5, 5])

@@ -9,8 +9,8 @@ import pytest
 from meshnet.gossip import codec
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import MemberFailed, MemberLeave, UserMessage
+from meshnet.gossip.member import encode_tags, meshnet_meta
 from meshnet.gossip.messages import Suspect
-from meshnet.gossip.state import encode_tags, meshnet_meta
 from meshnet.gossip.suspicion import suspicion_timeout
 from meshnet.testing.fabric import Fabric
 
