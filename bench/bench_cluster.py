@@ -7,8 +7,8 @@ includes their own delay); then an idle window with every agent up, counting fal
 suspicions (probes that failed) and false failures (suspicions that expired) over all
 agents, and each agent's CPU and RSS.
 
-These rows are goals, not comparisons: serf at the same N (the issue's anchor) is not
-measured here yet.
+These rows are goals, not comparisons: serf at the same N, with LAN timings on both
+sides and 1,000 containers at N=100, is ``bench_vs_serf``.
 """
 
 from __future__ import annotations
