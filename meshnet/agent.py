@@ -44,7 +44,7 @@ from meshnet.ipvs.agentlb import LoadBalancing
 from meshnet.ipvs.ipvs import ipvs_available
 from meshnet.ipvs.reserve import port_free
 from meshnet.keys import decode_key
-from meshnet.model import VNI_MAX, Endpoint, IPAddress, KeyringSpec, Network, Node
+from meshnet.model import DOCKER_NETNS, VNI_MAX, Endpoint, IPAddress, KeyringSpec, Network, Node
 from meshnet.services import create_service, publish_port, remove_service, unpublish_port
 from meshnet.store import LocalTables, Store
 from meshnet.syncer import SyncRunner
@@ -60,6 +60,7 @@ log = logging.getLogger("meshnet.agent")
 VNI_AUTO_MIN = 4096  # as Docker: keep clear of 802.1Q VLAN IDs
 NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal"}
 ATTACH_FIELDS = {"netns", "network", "name", "service", "aliases", "ip"}
+DOCKER_WAIT = 60.0  #: how long a Docker plugin call waits for the data plane to start
 
 
 async def _trim_memory(period: float = 20.0) -> None:
@@ -128,6 +129,7 @@ class Agent:
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
+        self._dataplane_up = asyncio.Event()  #: the reconcilers run (Docker calls wait)
         self._leaving = False
         self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
         self._state_file = Path(config.state_dir) / "local.json"
@@ -174,7 +176,8 @@ class Agent:
                      or read_host_upstreams())
         server = DnsServer(DnsConfig(), upstreams, view=None)
         await server.start()
-        self.dns = DnsProgrammer(self.node, self.store, server, self.in_kernel, self._claims)
+        self.dns = DnsProgrammer(self.node, self.store, server, self.in_kernel, self._claims,
+                                 prefix=self.prefix)
         dns_sync = SyncRunner("dns", self.dns.sync, min_interval=0.02, full_interval=30.0)
         self.lb = self._lb_factory(self.host, self.config.lb,
                                    probe=await self.in_kernel(ipvs_available))
@@ -192,6 +195,7 @@ class Agent:
         for runner in self.runners:
             runner.start()
             runner.kick(full=True)
+        self._dataplane_up.set()
 
     async def stop_dataplane(self) -> None:
         for runner in self.runners:
@@ -606,7 +610,8 @@ class Agent:
         data = {"endpoints": [e.to_dict() for e in local],
                 "gateways": {ns: {"ip": a.ip, "ifname": a.ifname}
                              for ns, a in self.gw_allocs.items()},
-                "identity": {ns: _ns_identity(ns) for ns in in_use if ns}}
+                "identity": {ns: _ns_identity(ns) for ns in in_use
+                             if ns and not ns.startswith(DOCKER_NETNS)}}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -654,15 +659,52 @@ class Agent:
             except UserError as exc:
                 log.warning("ignoring a saved endpoint: %s", exc)
                 continue
-            if ep.host == self.node and (not ep.netns or same_namespace(ep.netns)):
+            if ep.host == self.node and (not ep.netns or ep.docker
+                                         or same_namespace(ep.netns)):
                 if self.store.get("endpoints", ep.key) != ep:
                     self.store.put("endpoints", ep.key, ep, self.clock())
                     log.info("restored endpoint %s (%s) on %s", ep.name, ep.ip, ep.network)
         for ep in self.local_endpoints():  # from the durable copy
-            if ep.netns and not same_namespace(ep.netns):
+            if ep.netns and not ep.docker and not same_namespace(ep.netns):
                 log.info("namespace %s of %s is gone: detaching it from %s", ep.netns,
                          ep.name, ep.network)
                 self.store.delete("endpoints", ep.key, self.clock())
+
+    # --- the Docker plugin's port (meshnet.dockerplugin.driver.DockerHost) ----------
+
+    def docker_networks(self) -> dict[str, Network]:
+        return self.store.networks()
+
+    def docker_endpoint(self, key: str) -> Endpoint | None:
+        return self.store.endpoints().get(key)
+
+    async def docker_claim(self, net: Network, static: str | None) -> Endpoint:
+        """Claim an address for a Docker endpoint (no kernel object until it is bound)."""
+        async with self._attach_lock:
+            ep = await self._claim(net, static, lambda ip: Endpoint(
+                network=net.name, ip=ip, mac=mac_for(ip), host=self.node,
+                name="ip-" + str(ip).replace(".", "-"), netns=DOCKER_NETNS))
+            self._save_endpoints()
+        return ep
+
+    async def docker_put(self, ep: Endpoint) -> None:
+        """Store a Docker endpoint and wait until the kernel has it (its veth, and the
+        resolver of its network's sandbox)."""
+        try:
+            await asyncio.wait_for(self._dataplane_up.wait(), DOCKER_WAIT)
+        except TimeoutError:
+            raise Conflict("the data plane is not running yet (the agent is still joining "
+                           "its cluster); try again") from None
+        if self.store.endpoints().get(ep.key) != ep:
+            self.store.put("endpoints", ep.key, ep, self.clock())
+            self._save_endpoints()
+        await self._settle()
+
+    async def docker_remove(self, key: str) -> None:
+        ep = self.store.endpoints().get(key)
+        if ep is not None and ep.host == self.node and ep.docker:
+            async with self._attach_lock:
+                await self._remove_endpoints([ep])
 
     def remove_network(self, name: str) -> None:
         if name not in self.store.networks():

@@ -233,6 +233,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "dns_upstreams": args.dns_upstream, "state_dir": args.state_dir,
         "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
         "docker_socket": args.docker_socket, "leave_on_terminate": args.leave_on_terminate,
+        "docker_plugin_socket": args.docker_plugin_socket,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -336,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gwbridge-subnet", metavar="CIDR",
                    help="egress bridge subnet, host-local (default: 198.18.0.0/16)")
     a.add_argument("--docker-socket", metavar="PATH", help="Docker API socket (--runtime docker)")
+    a.add_argument("--docker-plugin-socket", metavar="PATH",
+                   help="socket of meshnet's Docker network and IPAM plugin, served with "
+                        "--runtime docker (default: /run/docker/plugins/meshnet.sock; "
+                        "empty: no plugin)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="log verbosity (default: info)")
     a.add_argument("--leave-on-terminate", action="store_true", default=None,

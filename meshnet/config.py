@@ -84,6 +84,8 @@ class AgentConfig:
     netns_prefix: str = ""  #: prefix of namespaces this agent creates; default "mn-"
     gwbridge_subnet: str = "198.18.0.0/16"  #: the egress bridge's subnet (host-local)
     docker_socket: str = "/var/run/docker.sock"  #: Docker Engine API (--runtime docker)
+    #: the Docker network/IPAM plugin's socket, served with --runtime docker; "": off
+    docker_plugin_socket: str = "/run/docker/plugins/meshnet.sock"
     leave_on_terminate: bool = False  #: SIGTERM leaves the cluster (default: a restart)
 
     def __post_init__(self) -> None:

@@ -226,6 +226,9 @@ class Network(_Model):
         return self.subnet.network_address + 1
 
 
+DOCKER_NETNS = "docker:"  #: the netns prefix of endpoints made by the Docker plugin
+
+
 @dataclass(frozen=True)
 class Endpoint(_Model):
     """A container's interface on one network, owned by the host it runs on."""
@@ -259,6 +262,17 @@ class Endpoint(_Model):
     @property
     def key(self) -> str:
         return f"{self.network}/{self.ip}"
+
+    @property
+    def docker(self) -> bool:
+        """Made by the Docker plugin: Docker owns the container side (``netns`` is
+        ``docker:`` + Docker's endpoint ID, or just ``docker:`` while only the address is
+        claimed)."""
+        return self.netns.startswith(DOCKER_NETNS)
+
+    @property
+    def docker_id(self) -> str:
+        return self.netns[len(DOCKER_NETNS):] if self.docker else ""
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,14 @@ class HttpServer:
     """Serves a :class:`Router` on a unix socket (mode 0600) or a TCP address."""
 
     def __init__(self, router: Router, max_body: int = MAX_BODY,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float | None = IDLE_TIMEOUT, error_key: str = "error") -> None:
+        """``idle_timeout`` None: a keep-alive connection waits for its next request for
+        ever (Docker's plugin client reuses connections without limit). ``error_key``:
+        the JSON field of error answers (Docker's plugin protocol reads ``Err``)."""
         self.router = router
+        self.idle_timeout = idle_timeout
+        self.error_key = error_key
         self.max_body = max_body
         self.max_connections = max_connections
         self._server: asyncio.AbstractServer | None = None
@@ -190,6 +196,10 @@ class HttpServer:
             os.umask(old)
         os.chmod(path, 0o600)
         self.path = path
+
+    async def start_sock(self, sock) -> None:
+        """Serve an already listening socket (systemd socket activation)."""
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_HEAD)
 
     async def start_tcp(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
@@ -239,7 +249,7 @@ class HttpServer:
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    task: asyncio.Task) -> bool:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 await self._error(writer, HttpError(400, "incomplete request head"))
@@ -263,19 +273,18 @@ class HttpServer:
         try:
             resp = await handler(req)
         except HttpError as exc:
-            resp = Response.json({"error": str(exc)}, exc.status)
+            resp = Response.json({self.error_key: str(exc)}, exc.status)
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("API %s %s failed", req.method, req.path)
-            resp = Response.json({"error": f"internal error: {exc}"}, 500)
+            resp = Response.json({self.error_key: f"internal error: {exc}"}, 500)
         keep = req.keep_alive and not self._stopping
         writer.write(resp.encode(keep))
         await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
         self._busy.discard(task)
         return keep
 
-    @staticmethod
-    async def _error(writer: asyncio.StreamWriter, exc: HttpError) -> None:
-        writer.write(Response.json({"error": str(exc)}, exc.status).encode(False))
+    async def _error(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:
+        writer.write(Response.json({self.error_key: str(exc)}, exc.status).encode(False))
         try:
             await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
         except (ConnectionError, TimeoutError):

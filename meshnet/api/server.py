@@ -99,4 +99,9 @@ def fronts(config: AgentConfig) -> list[Callable[[AgentApi], Front]]:
     out: list[Callable[[AgentApi], Front]] = [lambda agent: ApiServer(agent, config.api)]
     if config.metrics:
         out.append(lambda agent: MetricsServer(agent, config.metrics))
+    if config.runtime == "docker" and config.docker_plugin_socket:
+        from meshnet.dockerplugin.server import PluginServer
+
+        out.append(lambda agent: PluginServer(agent, config.docker_plugin_socket,  # type: ignore[arg-type]
+                                              config.state_dir, config.docker_socket))
     return out

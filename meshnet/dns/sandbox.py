@@ -48,13 +48,13 @@ class DnsSockets:
         self.tcp.close()
 
 
-def _bind_pair(addr: str) -> DnsSockets:
+def _bind_pair(addr: str, port: int = 0) -> DnsSockets:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        udp.bind((addr, 0))
+        udp.bind((addr, port))
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((addr, 0))
+        tcp.bind((addr, port))
         tcp.listen(128)
         udp.setblocking(False)
         tcp.setblocking(False)
@@ -72,6 +72,24 @@ def open_sockets(ns: str | None, addr: str = DNS_ADDR) -> DnsSockets:
     Loopback must be up in the namespace (it is once any meshnet endpoint is attached).
     """
     return netns.run_in(ns, lambda: _bind_pair(addr))
+
+
+def open_docker_upstream(ns: str, addr: str) -> DnsSockets:
+    """Docker upstream mode: ``addr`` (link-local, /32 on the sandbox's loopback, so the
+    sandbox answers ARP for it on its bridge) and UDP+TCP sockets on ``addr`` port 53
+    inside the network's sandbox ``ns``. Docker's resolver in a container forwards the
+    names it does not know there (the container reaches it over its meshnet interface,
+    by the connected route the plugin's Join hands Docker)."""
+    def inside() -> DnsSockets:
+        from pyroute2.iproute.linux import IPRoute
+
+        with IPRoute() as ip:
+            have = {a.get_attr("IFA_ADDRESS") for a in ip.get_addr(index=1)}
+            if addr not in have:
+                ip.addr("add", index=1, address=addr, prefixlen=32)
+        return _bind_pair(addr, 53)
+
+    return netns.run_in(ns, inside)
 
 
 def nat_rules_text(udp_port: int, tcp_port: int, with_jumps: bool = True) -> str:

@@ -28,6 +28,9 @@ def add_lab_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="number of hosts, 1-250 (default: 3)")
     up.add_argument("--underlay-mtu", type=int, default=1500, metavar="N",
                     help="MTU of the lab's underlay network (default: 1500)")
+    up.add_argument("--docker", action="store_true",
+                    help="one dockerd per host, with meshnet as its network and IPAM "
+                         "plugin (needs docker.io and busybox-static)")
     up.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for every agent (repeatable; kept for restarts)")
     ls = lab.add_parser("ls", help="list labs")
@@ -73,7 +76,8 @@ def dispatch(args: argparse.Namespace) -> None:
         return
     check_lab_name(args.name)
     if cmd == "up":
-        spec = LabSpec(name=args.name, hosts=args.hosts, underlay_mtu=args.underlay_mtu)
+        spec = LabSpec(name=args.name, hosts=args.hosts, underlay_mtu=args.underlay_mtu,
+                       docker=args.docker)
         lab = Lab(spec)
         quiet = args.json
         lab.up(progress=(lambda s: None) if quiet else (lambda s: print(f"  {s}", flush=True)),
@@ -109,6 +113,10 @@ def dispatch(args: argparse.Namespace) -> None:
         # the venv's bin first, so `meshnet` inside the host is this meshnet
         path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         env = dict(os.environ, MESHNET_API=lab.spec.api_socket(host), PATH=path)
+        if lab.spec.docker:
+            from meshnet.lab.dockerd import docker_socket
+
+            env["DOCKER_HOST"] = f"unix://{docker_socket(lab.spec, host)}"
         sys.stdout.flush()
         try:
             os.execvpe("ip", ["ip", "netns", "exec", lab.spec.host_ns(host), *command], env)

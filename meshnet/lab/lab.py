@@ -126,9 +126,34 @@ class Lab:
             for host in spec.host_names:
                 self._wait_agent(host)
                 progress(f"host {host}: agent up, API {spec.api_socket(host)}")
+            if spec.docker:
+                self._start_dockerds(progress)
         except BaseException:
             self.down()
             raise
+
+    def _start_dockerds(self, progress: Progress) -> None:
+        from meshnet.lab import dockerd
+
+        for host in self.spec.host_names:
+            dockerd.start(self.spec, host)
+        for host in self.spec.host_names:
+            dockerd.wait(self.spec, host)
+            dockerd.import_image(self.spec, host)
+            progress(f"host {host}: dockerd up, DOCKER_HOST=unix://"
+                     f"{dockerd.docker_socket(self.spec, host)}, image {dockerd.IMAGE}")
+
+    def _stop_dockerds(self) -> None:
+        from meshnet.lab import dockerd
+
+        for host in self.spec.host_names:
+            if dockerd.pid(self.spec, host) is None:
+                continue
+            ids = dockerd.docker(self.spec, host, "ps", "-aq").stdout.decode().split()
+            if ids:
+                dockerd.docker(self.spec, host, "rm", "-f", *ids)
+        for host in self.spec.host_names:
+            dockerd.stop(self.spec, host)
 
     def _build_underlay(self) -> None:
         spec = self.spec
@@ -208,6 +233,10 @@ class Lab:
         ]
         if "--dns-upstream" not in extra:
             cmd += ["--dns-upstream", RESOLVER_ADDR]
+        if spec.docker:
+            from meshnet.lab import dockerd
+
+            cmd += dockerd.agent_args(spec, host)
         for other in spec.host_names:  # every other host, as a retry-join list
             if other != host:
                 cmd += ["--join", spec.host_addr(other)]
@@ -343,6 +372,7 @@ class Lab:
         """Remove every namespace, link and process of this lab. Safe to repeat."""
         spec = self.spec
         removed = []
+        self._stop_dockerds()  # first: their containers' Leave/DeleteEndpoint reach the agents
         pids = [p for p in (self.agent_pid(h) for h in spec.host_names) if p]
         netns.kill_pids(pids, grace=3.0)
         names = [n for n in netns.list_netns() if n.startswith(spec.ns_prefix)]

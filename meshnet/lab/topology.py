@@ -26,6 +26,7 @@ class LabSpec:
     name: str = "lab"
     hosts: int = 3
     underlay_mtu: int = 1500
+    docker: bool = False  #: one dockerd per host, wired to its agent (lab/dockerd.py)
 
     def __post_init__(self) -> None:
         check_lab_name(self.name)
@@ -64,4 +65,5 @@ class LabSpec:
         return str(self.state_dir / f"{host}.sock")
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "hosts": self.hosts, "underlay_mtu": self.underlay_mtu}
+        return {"name": self.name, "hosts": self.hosts, "underlay_mtu": self.underlay_mtu,
+                "docker": self.docker}

@@ -130,10 +130,11 @@ class DockerClient:
     async def close(self) -> None:
         """Nothing is kept open between requests (streams are closed by their owner)."""
 
-    async def _request(self, path: str, params: Mapping[str, str] | None = None
-                       ) -> unixhttp.Response:
+    async def _request(self, path: str, params: Mapping[str, str] | None = None,
+                       method: str = "GET", body: bytes | None = None) -> unixhttp.Response:
         try:
-            resp = await unixhttp.get(self.socket, path, dict(params or {}), self.timeout)
+            resp = await unixhttp.request(self.socket, method, path, dict(params or {}), body,
+                                          self.timeout)
         except (HttpClientError, OSError, TimeoutError) as exc:
             raise DockerUnavailable(f"cannot reach dockerd at {self.socket}: {exc}") from None
         if resp.status >= 400:
@@ -166,6 +167,33 @@ class DockerClient:
             raise DockerUnavailable(f"reading {path}: {exc}") from None
         finally:
             resp.close()
+
+    async def post_json(self, path: str, data: Any) -> Any:
+        """POST ``data`` as JSON; the decoded answer (None for an empty one)."""
+        if self.api is None:
+            await self.ping()
+        resp = await self._request(f"/v{self.api}{path}", None, "POST",
+                                   json.dumps(data).encode())
+        try:
+            raw = await asyncio.wait_for(resp.read(), self.timeout)
+            return json.loads(raw) if raw.strip() else None
+        except (ValueError, HttpClientError, OSError, TimeoutError) as exc:
+            raise DockerUnavailable(f"reading {path}: {exc}") from None
+        finally:
+            resp.close()
+
+    async def networks(self) -> list[dict[str, Any]]:
+        out = await self._get_json("/networks")
+        return [n for n in out if isinstance(n, dict)] if isinstance(out, list) else []
+
+    async def network(self, nid: str) -> dict[str, Any] | None:
+        try:
+            out = await self._get_json(f"/networks/{nid}")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return out if isinstance(out, dict) else None
 
     async def containers(self, labels: Sequence[str] = (), all: bool = False
                          ) -> list[dict[str, Any]]:

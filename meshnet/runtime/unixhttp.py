@@ -165,12 +165,22 @@ async def get(socket_path: str, path: str, params: dict[str, str] | None = None,
               timeout: float = 10.0, host: str = "docker") -> Response:
     """Send ``GET path?params`` and read the response head (within ``timeout``); the body
     is read from the returned Response (the caller closes it)."""
+    return await request(socket_path, "GET", path, params, None, timeout, host)
+
+
+async def request(socket_path: str, method: str, path: str,
+                  params: dict[str, str] | None = None, body: bytes | None = None,
+                  timeout: float = 10.0, host: str = "docker") -> Response:
+    """Send ``METHOD path?params`` (with a JSON ``body`` if given) and read the response
+    head; the body is read from the returned Response (the caller closes it)."""
     target = path + ("?" + urlencode(params) if params else "")
     reader, writer = await asyncio.wait_for(
         asyncio.open_unix_connection(socket_path, limit=MAX_HEAD), timeout)
     try:
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshnet\r\n"
-                     "Connection: close\r\n\r\n".encode("latin-1"))
+        extra = ("" if body is None else
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
+        writer.write(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshnet\r\n"
+                     f"{extra}Connection: close\r\n\r\n".encode("latin-1") + (body or b""))
         await writer.drain()
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)

@@ -225,11 +225,18 @@ class OverlayKernel:
                 raise
 
     def _add_port(self, port: Port) -> None:
+        where = port.netns or self.host_ns
         try:
-            fd = os.open(netns.path_of(port.netns), os.O_RDONLY)
+            fd = os.open(netns.path_of(where) if where else "/proc/thread-self/ns/net",
+                         os.O_RDONLY)
         except FileNotFoundError:
             raise NetnsGone(f"container namespace {port.netns} is gone") from None
         try:
+            if not port.netns:  # a Docker endpoint: a peer left by an interrupted run
+                with netns.ipr(self.host_ns) as host:
+                    stale = host.link_lookup(ifname=port.ifname)
+                    if stale:
+                        host.link("del", index=stale[0])
             with netns.ipr(port.ns) as ip:
                 stale = ip.link_lookup(ifname=port.name)
                 if stale:  # half-made by an interrupted run
@@ -244,6 +251,8 @@ class OverlayKernel:
                 ip.brport("set", index=idx, mode=1)
         finally:
             os.close(fd)
+        if not port.netns:
+            return  # Docker moves the peer into the container and sets its address
         addr, _, plen = port.addr.partition("/")
         with netns.ipr(port.netns) as c:
             c.link("set", index=1, state="up")

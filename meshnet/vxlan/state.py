@@ -27,6 +27,12 @@ def port_name(endpoint_key: str) -> str:
     return f"ve{zlib.crc32(endpoint_key.encode()):08x}"
 
 
+def docker_peer_name(endpoint_key: str) -> str:
+    """The container side of a Docker plugin endpoint's veth while it is in the host
+    namespace (Docker moves it into the container and renames it ethN)."""
+    return f"mn-dk{zlib.crc32(endpoint_key.encode()):08x}"
+
+
 def mac_for(ip: IPAddress) -> str:
     """Deterministic MAC: 02:42 + the IPv4 address (as Docker), or a hash for IPv6."""
     if ip.version == 4:
@@ -55,7 +61,8 @@ class Sandbox:
 class Port:
     ns: str  #: the sandbox
     name: str  #: host side, on the sandbox bridge
-    netns: str  #: the container's namespace (name or path)
+    netns: str  #: the container's namespace (name or path); "": Docker's (peer left
+    #: in the host namespace, named ``ifname``, for Docker to move; no address set)
     ifname: str  #: inside the container
     addr: str  #: "10.0.0.5/24"
     mac: str
@@ -96,6 +103,11 @@ def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endp
         net = networks[ep.network]
         sb = sandbox(net)
         name = port_name(ep.key)
+        if ep.docker:
+            if ep.docker_id:  # Docker's endpoint exists (not only the address claim)
+                out.ports[(sb.ns, name)] = Port(sb.ns, name, "", docker_peer_name(ep.key),
+                                                "", ep.mac, sb.mtu)
+            continue
         out.ports[(sb.ns, name)] = Port(sb.ns, name, ep.netns, ep.ifname or "eth0",
                                         f"{ep.ip}/{net.subnet.prefixlen}", ep.mac, sb.mtu)
     local_nets = {e.network for e in local}
