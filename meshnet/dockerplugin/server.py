@@ -38,8 +38,13 @@ def listen_fd_socket(path: str, env: dict[str, str] | None = None) -> socket.soc
         return None
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         try:
-            s = socket.socket(fileno=os.dup(fd))
+            dup = os.dup(fd)
         except OSError:
+            continue
+        try:
+            s = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
             continue
         if s.family == socket.AF_UNIX and s.getsockname() == path:
             return s
