@@ -25,6 +25,7 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_EXT_MASK = 3, 4, 10, 18, 29
+IFLA_ADDRESS = 1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6 = 1, 4, 17
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -53,6 +54,7 @@ class Link:
     up: bool
     vxlan_id: int = 0
     vxlan_local: str = ""
+    address: str = ""  #: the MAC ("" if the kernel sent none)
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,12 @@ def parse_link(body: memoryview) -> Link:
     if len(body) < _IFINFO.size:
         raise NetlinkParseError("short ifinfomsg")
     _family, _type, index, flags, _change = _IFINFO.unpack_from(body)
-    name, kind, mtu, master, vni, local = "", "", 0, None, 0, ""
+    name, kind, mtu, master, vni, local, mac = "", "", 0, None, 0, "", ""
     for typ, p in attrs(body, _IFINFO.size):
         if typ == IFLA_IFNAME:
             name = _str(p)
+        elif typ == IFLA_ADDRESS and len(p) == 6:
+            mac = _mac(p)
         elif typ == IFLA_MTU:
             mtu = _u32(p)
         elif typ == IFLA_MASTER:
@@ -150,7 +154,7 @@ def parse_link(body: memoryview) -> Link:
                         vni = _u32(p3)
                     elif t3 in (IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6) and not local:
                         local = _ip(p3)
-    return Link(index, name, kind, mtu, master, bool(flags & 1), vni, local)
+    return Link(index, name, kind, mtu, master, bool(flags & 1), vni, local, mac)
 
 
 def parse_addr(body: memoryview) -> Addr:

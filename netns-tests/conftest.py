@@ -31,6 +31,8 @@ def unique() -> str:
 
 
 MINE = f"t{os.getpid() % 10000}"  #: every lab/namespace name this run creates contains it
+#: namespace prefixes of labs shared by a module's tests (checked when the module ends)
+SHARED_LABS: set[str] = set()
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +44,8 @@ def no_leftovers():
     yield
     left = new_objects(before, snapshot())
     if "netns" in left:
-        left["netns"] = [n for n in left["netns"] if MINE in n]
+        left["netns"] = [n for n in left["netns"]
+                         if MINE in n and not any(n.startswith(p) for p in SHARED_LABS)]
         if not left["netns"]:
             del left["netns"]
     assert not left, f"test left meshnet objects behind: {left}"
@@ -53,8 +56,9 @@ def make_lab():
     """make_lab(hosts=3, underlay_mtu=1500, agent_args=()) -> a running Lab, torn down after."""
     labs: list[Lab] = []
 
-    def make(hosts: int = 3, underlay_mtu: int = 1500, agent_args=()) -> Lab:
-        lab = Lab(LabSpec(name=unique(), hosts=hosts, underlay_mtu=underlay_mtu))
+    def make(hosts: int = 3, underlay_mtu: int = 1500, agent_args=(), docker=False) -> Lab:
+        lab = Lab(LabSpec(name=unique(), hosts=hosts, underlay_mtu=underlay_mtu,
+                          docker=docker))
         labs.append(lab)
         lab.up(agent_args=agent_args)
         return lab

@@ -3,7 +3,8 @@ dockerd may hold a lock while it waits for the plugin's answer).
 
 * the Docker name of a network created without ``-o meshnet.network`` (``Driver.namer``);
 * container names, ``--network-alias`` aliases and the ``meshnet.service`` label, for the
-  container's endpoints (on every container ``start`` event, and in a full pass on every
+  container's endpoints (on every container ``start`` and network ``connect`` event, and
+  in a full pass on every
   (re)connect and every ``FULL_INTERVAL``), so other hosts resolve them;
 * the Docker network of every meshnet network on this host (``docker network create -d
   meshnet --ipam-driver meshnet --subnet S -o meshnet.network=NAME NAME``), once per
@@ -104,7 +105,8 @@ class DockerNames:
         delay = 0.1
         while True:
             try:
-                stream = await self.client.events({"type": ["container"], "event": ["start"]})
+                stream = await self.client.events({"type": ["container", "network"],
+                                                   "event": ["start", "connect"]})
             except (DockerUnavailable, DockerError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -115,7 +117,10 @@ class DockerNames:
                 await self.full_pass()
                 async for event in stream:
                     actor = event.get("Actor") or {}
-                    cid = str(actor.get("ID") or event.get("id") or "")
+                    if event.get("Type") == "network":  # connect: the container's ID
+                        cid = str((actor.get("Attributes") or {}).get("container") or "")
+                    else:
+                        cid = str(actor.get("ID") or event.get("id") or "")
                     if cid:
                         try:
                             await self.name_container(cid)

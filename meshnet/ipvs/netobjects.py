@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshnet import netns
 from meshnet.ipvs.state import LbState, ingress_link_name
-from meshnet.vxlan.state import BRIDGE, mac_for
+from meshnet.vxlan.state import BRIDGE, ENDPOINT_MAC_PREFIXES, mac_for
 
 HOST_LINK_ADDR = "169.254.77.1"
 SANDBOX_LINK_ADDR = "169.254.77.2"
@@ -99,9 +100,17 @@ class LbNetKernel:
                 ip.addr("add", index=br[0], address=str(a), prefixlen=a.max_prefixlen)
             for a in sorted(have - addrs, key=str):
                 ip.addr("del", index=br[0], address=str(a), prefixlen=a.max_prefixlen)
-            if lb_ip is not None:
-                ip.fdb("replace", ifindex=br[0], lladdr=mac_for(lb_ip), state=NUD_PERMANENT,
+            want = mac_for(lb_ip) if lb_ip is not None else None
+            if want is not None:
+                ip.fdb("replace", ifindex=br[0], lladdr=want, state=NUD_PERMANENT,
                        flags=NTF_SELF)
+            # a former LB address's entry: an endpoint that gets that address later (and so
+            # that MAC) would have its frames taken by the bridge, never reaching it
+            for entry in ip.get_neighbours(family=socket.AF_BRIDGE, ifindex=br[0]):
+                mac = entry.get_attr("NDA_LLADDR") or ""
+                if (mac != want and mac.startswith(ENDPOINT_MAC_PREFIXES)
+                        and entry["state"] & NUD_PERMANENT):
+                    ip.fdb("del", ifindex=br[0], lladdr=mac, flags=NTF_SELF)
 
     def _ingress(self, state: LbState, sandboxes: set[str]) -> None:
         want = {ingress_link_name(vni): vni for vni in state.host.ingress_links}

@@ -11,6 +11,7 @@ machine. Everything else is per host under the lab's state directory:
   ``hK-plugin.sock`` (the agent's plugin socket), ``hK-docker/`` (data root, exec root,
   pid file, log), containerd namespace ``meshnet-LAB-hK``;
 * ``--dns 169.254.53.53``: Docker's resolver forwards to meshnet's (docs/docker.md);
+  ``--init``: containers stop at once on SIGTERM;
 * the image ``meshnet/busybox`` (busybox-static, ``docker import``ed), so no registry
   is needed.
 
@@ -67,16 +68,28 @@ def holder_command(spec: LabSpec, host: str) -> list[str]:
             "unshare", "-m", "--propagation", "slave", "--", "sh", "-c", script]
 
 
+def containerd_command(spec: LabSpec, host: str, holder: int) -> list[str]:
+    """containerd of its own, not dockerd's child: as on a Debian host (containerd.service),
+    a dockerd that crashes leaves containerd and the containers running."""
+    r = root(spec, host)
+    return ["nsenter", f"--mount=/proc/{holder}/ns/mnt",
+            f"--net={netns.path_of(spec.host_ns(host))}", "--",
+            "containerd", "--config", str(r / "containerd.toml"),
+            "--address", str(r / "containerd.sock"),
+            "--root", str(r / "containerd-root"), "--state", str(r / "containerd-state"),
+            "--log-level", "warn"]
+
+
 def dockerd_command(spec: LabSpec, host: str, holder: int) -> list[str]:
     r = root(spec, host)
     return ["nsenter", f"--mount=/proc/{holder}/ns/mnt",
             f"--net={netns.path_of(spec.host_ns(host))}", "--",
-            "dockerd",
+            "dockerd", "--containerd", str(r / "containerd.sock"),
             "--data-root", str(r / "data"), "--exec-root", str(r / "exec"),
             "--pidfile", str(r / "dockerd.pid"), "-H", f"unix://{docker_socket(spec, host)}",
             "--containerd-namespace", f"meshnet-{spec.name}-{host}",
             "--containerd-plugins-namespace", f"meshnet-{spec.name}-{host}-plugins",
-            "--dns", DOCKER_UPSTREAM, "--log-level", "warn"]
+            "--dns", DOCKER_UPSTREAM, "--init", "--log-level", "warn"]
 
 
 def ping(sock: str, timeout: float = 2.0) -> bool:
@@ -120,6 +133,13 @@ def start(spec: LabSpec, host: str) -> int:
             if time.monotonic() > deadline or not netns._alive(holder):
                 raise UserError(f"cannot make a mount namespace for dockerd on {host}")
             time.sleep(0.02)
+    if _pid(r / "containerd.pid") is None:
+        (r / "containerd.toml").write_text("version = 2\n")  # not the machine's config
+        logc = open(r / "containerd.log", "ab")
+        proc = subprocess.Popen(containerd_command(spec, host, holder), stdin=subprocess.DEVNULL,
+                                stdout=logc, stderr=logc, start_new_session=True)
+        logc.close()
+        (r / "containerd.pid").write_text(str(proc.pid))
     if pid(spec, host) is not None:
         raise UserError(f"dockerd on {host} is running")
     Path(docker_socket(spec, host)).unlink(missing_ok=True)
@@ -235,6 +255,8 @@ def stop(spec: LabSpec, host: str, grace: float = 30.0, everything: bool = True)
         return
     holder = _pid(root(spec, host) / "holder.pid")
     leftovers = _in_mount_ns_of(spec, host) + ([holder] if holder else [])
+    containerd = _pid(root(spec, host) / "containerd.pid")
+    leftovers += [containerd] if containerd else []
     netns.kill_pids(([p] if p else []) + leftovers, grace=3.0)
 
 

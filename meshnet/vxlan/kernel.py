@@ -75,7 +75,7 @@ class OverlayKernel:
     def _observe_sandbox(self, ns: str, out: Overlay) -> None:
         # read with the fast dumper: this runs for every sandbox on every full resync
         with netns.dumper(ns) as d:
-            vni, mtu, local, bridge_addr, vx_index = 0, 0, "", "", None
+            vni, mtu, local, bridge_addr, vx_index, mac = 0, 0, "", "", None, ""
             for link in d.links():
                 if link.kind == "vxlan":
                     vni, local, mtu, vx_index = link.vxlan_id, link.vxlan_local, link.mtu, \
@@ -83,6 +83,7 @@ class OverlayKernel:
                     if link.master is None or not link.up:
                         vni = 0  # not wired up: make the plan repair it
                 elif link.kind == "bridge" and link.name == BRIDGE:
+                    mac = link.address
                     for a in d.addrs():
                         if a.index != link.index or a.prefixlen in (32, 128):
                             continue  # VIPs and the LB address: the load balancer's
@@ -90,7 +91,7 @@ class OverlayKernel:
                         break
                 elif link.kind == "veth" and link.name.startswith("ve"):
                     out.ports[(ns, link.name)] = Port(ns, link.name, "", "", "", "", 0)
-            out.sandboxes[ns] = Sandbox(ns, vni, mtu, bridge_addr, local)
+            out.sandboxes[ns] = Sandbox(ns, vni, mtu, bridge_addr, local, mac)
             if vx_index is None:
                 return
             for e in d.neighbours(socket.AF_BRIDGE, vx_index):
@@ -181,6 +182,8 @@ class OverlayKernel:
                 ip.link("add", ifname=BRIDGE, kind="bridge", mtu=sb.mtu)
                 br = ip.link_lookup(ifname=BRIDGE)
             br_idx = br[0]
+            if sb.mac and ip.get_links(br_idx)[0].get_attr("IFLA_ADDRESS") != sb.mac:
+                ip.link("set", index=br_idx, address=sb.mac)  # fixed: never a port's
             addr, _, plen = sb.bridge_addr.partition("/")
             have = {a.get_attr("IFA_ADDRESS") for a in ip.get_addr(index=br_idx)}
             if addr not in have:

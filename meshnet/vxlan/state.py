@@ -33,6 +33,9 @@ def docker_peer_name(endpoint_key: str) -> str:
     return f"mn-dk{zlib.crc32(endpoint_key.encode()):08x}"
 
 
+ENDPOINT_MAC_PREFIXES = ("02:42:", "02:43:")  #: what mac_for gives (never bridge_mac)
+
+
 def mac_for(ip: IPAddress) -> str:
     """Deterministic MAC: 02:42 + the IPv4 address (as Docker), or a hash for IPv6."""
     if ip.version == 4:
@@ -48,6 +51,16 @@ def overlay_mtu(network: Network, underlay_mtu: int, underlay_v6: bool = False) 
     return underlay_mtu - (VXLAN_OVERHEAD_V6 if underlay_v6 else VXLAN_OVERHEAD_V4)
 
 
+def bridge_mac(local_vtep: str, vni: int) -> str:
+    """The sandbox bridge's MAC, fixed (a Linux bridge otherwise takes the lowest MAC of its
+    ports and changes it as ports come and go, and containers that cached the old one for
+    the gateway, a VIP or the DNS address lose it until their ARP entry expires); unique
+    per host and network, because the bridge's frames reach other hosts (the load
+    balancer forwards to remote tasks) and a bridge drops frames from its own MAC."""
+    raw = b"\x02\x4d" + zlib.crc32(f"{local_vtep}/{vni}".encode()).to_bytes(4, "big")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 @dataclass(frozen=True)
 class Sandbox:
     ns: str
@@ -55,6 +68,7 @@ class Sandbox:
     mtu: int
     bridge_addr: str  #: "10.0.0.1/24"
     local: str  #: this host's VTEP address
+    mac: str = ""  #: the bridge's MAC (bridge_mac)
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,8 @@ def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endp
     def sandbox(net: Network) -> Sandbox:
         ns = sandbox_ns(prefix, net.vni)
         sb = Sandbox(ns, net.vni, overlay_mtu(net, underlay_mtu, v6),
-                     f"{net.gateway}/{net.subnet.prefixlen}", local_vtep)
+                     f"{net.gateway}/{net.subnet.prefixlen}", local_vtep,
+                     bridge_mac(local_vtep, net.vni))
         out.sandboxes[ns] = sb
         return sb
 
