@@ -270,9 +270,11 @@ def cmd_install_unit(args: argparse.Namespace) -> None:
 
     from meshnet.install import install_unit
 
-    done = install_unit(Path(args.unit_dir), Path(args.config_dir), force=args.force)
+    done = install_unit(Path(args.unit_dir), Path(args.config_dir), force=args.force,
+                        docker=args.docker)
+    units = "meshnet.socket meshnet" if args.docker else "meshnet"
     emit(args, done, lambda d: "\n".join(f"{path}: {what}" for path, what in d.items())
-         + "\nthen: systemctl daemon-reload && systemctl enable --now meshnet")
+         + f"\nthen: systemctl daemon-reload && systemctl enable --now {units}")
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> None:
@@ -459,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     iu.add_argument("--config-dir", default="/etc/meshnet", metavar="DIR",
                     help="where config.toml goes if there is none (default: /etc/meshnet)")
     iu.add_argument("--force", action="store_true", help="replace an existing unit")
+    iu.add_argument("--docker", action="store_true",
+                    help="also the Docker plugin's socket unit (meshnet.socket, before "
+                         "docker.service)")
     iu.add_argument("--json", action="store_true", help="machine-readable output")
     iu.set_defaults(func=cmd_install_unit)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from meshnet.errors import Conflict, UserError
 
 UNIT_NAME = "meshnet.service"
+SOCKET_NAME = "meshnet.socket"
 CONFIG_NAME = "config.toml"
 SHIPPED_EXEC = "ExecStart=/usr/local/bin/meshnet agent --config /etc/meshnet/config.toml"
 
@@ -39,16 +40,26 @@ def unit_text(config_path: Path) -> str:
     return text.replace(SHIPPED_EXEC, f"ExecStart={cmd}")
 
 
-def install_unit(unit_dir: Path, config_dir: Path, force: bool = False) -> dict[str, str]:
-    """Write the unit and (if absent) the sample config; returns what was done to each."""
+def install_unit(unit_dir: Path, config_dir: Path, force: bool = False,
+                 docker: bool = False) -> dict[str, str]:
+    """Write the unit (with ``docker``, also the plugin's socket unit) and (if absent)
+    the sample config; returns what was done to each."""
     unit, config = unit_dir / UNIT_NAME, config_dir / CONFIG_NAME
-    if unit.exists() and not force:
-        raise Conflict(f"{unit} exists (use --force to replace it)")
+    sock = unit_dir / SOCKET_NAME
+    for path in (unit, sock) if docker else (unit,):
+        if path.exists() and not force:
+            raise Conflict(f"{path} exists (use --force to replace it)")
+    out: dict[str, str] = {}
     try:
         unit_dir.mkdir(parents=True, exist_ok=True)
         config_dir.mkdir(parents=True, exist_ok=True)
         unit.write_text(unit_text(config))
         unit.chmod(0o644)
+        out[str(unit)] = "written"
+        if docker:
+            sock.write_text(data(SOCKET_NAME))
+            sock.chmod(0o644)
+            out[str(sock)] = "written (set runtime = \"docker\" in the config)"
         if config.exists():
             kept = "kept (exists)"
         else:
@@ -57,4 +68,5 @@ def install_unit(unit_dir: Path, config_dir: Path, force: bool = False) -> dict[
             kept = "written (edit node and join)"
     except OSError as exc:
         raise UserError(f"cannot install: {exc}") from None
-    return {str(unit): "written", str(config): kept}
+    out[str(config)] = kept
+    return out

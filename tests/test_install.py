@@ -39,3 +39,15 @@ def test_cli_reports_a_conflict_as_one_line(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_docker_adds_the_plugin_socket_unit_ordered_before_docker(tmp_path):
+    done = install_unit(tmp_path / "units", tmp_path / "etc", docker=True)
+    sock = (tmp_path / "units" / "meshnet.socket").read_text()
+    unit = (tmp_path / "units" / "meshnet.service").read_text()
+    assert "ListenStream=/run/docker/plugins/meshnet.sock" in sock
+    assert "Before=docker.service" in sock and "Before=docker.service" in unit
+    assert "After=network-online.target\n" in unit and "After=docker" not in unit
+    assert str(tmp_path / "units" / "meshnet.socket") in done
+    install_unit(tmp_path / "other", tmp_path / "etc")  # without --docker: no socket unit
+    assert not (tmp_path / "other" / "meshnet.socket").exists()
