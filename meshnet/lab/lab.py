@@ -243,16 +243,23 @@ class Lab:
         return cmd + list(extra)
 
     def _start_agent(self, host: str, extra: Sequence[str] = (),
-                     env: dict[str, str] | None = None) -> int:
+                     env: dict[str, str] | None = None, activate_on: str = "") -> int:
+        """``activate_on``: a socket path to listen on first, starting the agent only when
+        someone connects, and handing it the socket (as systemd's socket units do:
+        ``systemd-socket-activate``)."""
         spec = self.spec
         sock = Path(spec.api_socket(host))
         sock.unlink(missing_ok=True)
         logf = open(spec.state_dir / f"{host}.log", "ab")
         ns = spec.host_ns(host)
+        cmd = self.agent_command(host, extra)
+        if activate_on:
+            Path(activate_on).unlink(missing_ok=True)
+            cmd = ["systemd-socket-activate", "-l", activate_on, "--", *cmd]
         # not `ip netns exec`: that gives the agent a mount namespace of its own, and the
         # sandbox namespaces it creates under /run/netns would be invisible outside it
         proc = subprocess.Popen(
-            self.agent_command(host, extra), stdin=subprocess.DEVNULL, stdout=logf,
+            cmd, stdin=subprocess.DEVNULL, stdout=logf,
             stderr=logf, start_new_session=True, preexec_fn=lambda: netns.enter(ns),
             env={**os.environ, **(env or {})},
         )
@@ -310,6 +317,22 @@ class Lab:
         self._start_agent(host, self.saved_agent_args() if extra is None else extra, env)
         if wait:
             self._wait_agent(host)
+
+    def start_agent_socket_activated(self, host: str) -> None:
+        """The host's agent as a systemd socket unit would start it: the Docker plugin's
+        socket listens now; the agent starts at the first connection (lab --docker)."""
+        from meshnet.lab import dockerd
+
+        self.check_host(host)
+        if self.agent_running(host):
+            raise Conflict(f"agent on {host} is running")
+        path = dockerd.plugin_socket(self.spec, host)
+        self._start_agent(host, self.saved_agent_args(), activate_on=path)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise UserError(f"systemd-socket-activate did not listen on {path}")
+            time.sleep(0.02)
 
     def stop_agent(self, host: str, timeout: float = 15.0) -> bool:
         """SIGTERM the host's agent and wait for it to exit (to the agent a restart: the
