@@ -13,8 +13,8 @@ inside() { local c=$1; shift; run ip netns exec "$L-$c" "$@"; }
 step "fresh start: remove a previous demo lab, if any"
 run $M lab down --name $L
 
-step "a 3-host lab: namespaces h1..h3 on an underlay bridge, one agent each (gossip)"
-run $M lab up --name $L --hosts 3
+step "a 3-host lab: namespaces h1..h3 on an underlay bridge, one agent and one dockerd each"
+run $M lab up --name $L --hosts 3 --docker
 on h1 meshnet members
 
 step "an overlay network, created on h1, known everywhere through gossip"
@@ -54,6 +54,14 @@ inside client ping -c 1 -W 2 192.0.2.253
 step "meshnet trace: a real probe, captured hop by hop"
 on h2 meshnet trace client web:80 || true
 
+step "Docker: meshnet is each dockerd's network and IPAM plugin"
+on h1 docker network create -d meshnet --ipam-driver meshnet --subnet 10.20.0.0/24 dockernet
+on h1 docker run -d --name db --network dockernet meshnet/busybox sleep 3600
+on h3 docker run --rm --network dockernet meshnet/busybox ping -c 2 db   # h3 -> h1, by name
+on h2 docker network ls --filter driver=meshnet   # appnet too: made on every host for meshnet's networks
+on h3 docker run --rm --network appnet meshnet/busybox sh -c \
+   'ping -c 1 web1 && printf "GET / HTTP/1.0\r\n\r\n" | nc -w 2 web 80 | tail -1'
+
 step "status of an agent"
 on h2 meshnet status
 
@@ -64,6 +72,7 @@ The lab "$L" is still up. Explore it:
   .venv/bin/meshnet lab exec --name $L h2 -- meshnet status --json
   .venv/bin/meshnet lab exec --name $L h1 -- meshnet trace web1 web3:80
   ip netns exec $L-client dig tasks.web                     # inside a container
+  .venv/bin/meshnet lab exec --name $L h2 -- docker ps       # DOCKER_HOST is h2's dockerd
   ip netns list                                              # mn-$L-* are the lab's
   tail /run/meshnet/$L/h1.log                                # an agent's structured log
 Take it down (removes every namespace, link and process it made):
