@@ -60,6 +60,7 @@ log = logging.getLogger("meshnet.agent")
 VNI_AUTO_MIN = 4096  # as Docker: keep clear of 802.1Q VLAN IDs
 NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal"}
 ATTACH_FIELDS = {"netns", "network", "name", "service", "aliases", "ip"}
+DOCKER_SETTLE = frozenset({"vxlan", "dns"})
 DOCKER_WAIT = 60.0  #: how long a Docker plugin call waits for the data plane to start
 
 
@@ -585,11 +586,13 @@ class Agent:
         self._save_endpoints()
         await self._settle()
 
-    async def _settle(self) -> None:
-        """Kick every programmer and wait until each has applied the current tables."""
-        for runner in self.runners:
+    async def _settle(self, only: frozenset[str] | None = None) -> None:
+        """Kick every programmer (or those named) and wait until each has applied the
+        current tables."""
+        runners = [r for r in self.runners if only is None or r.name in only]
+        for runner in runners:
             runner.kick()
-        for runner in self.runners:
+        for runner in runners:
             await runner.settled(timeout=30)
 
     def _netns_gone(self, gone: list[str]) -> None:
@@ -698,7 +701,9 @@ class Agent:
         if self.store.endpoints().get(ep.key) != ep:
             self.store.put("endpoints", ep.key, ep, self.clock())
             self._save_endpoints()
-        await self._settle()
+        # what Docker needs next: the veth, and the resolver of the network's sandbox (the
+        # load balancer and the gateway bridge follow on their own)
+        await self._settle(DOCKER_SETTLE)
 
     async def docker_remove(self, key: str) -> None:
         ep = self.store.endpoints().get(key)

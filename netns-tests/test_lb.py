@@ -241,3 +241,33 @@ def test_udp_flow_moves_when_its_backend_is_removed(make_lab, lb):
     later = [line.split()[1] for line in rest.splitlines() if float(line.split()[0]) >
              removed + 1.0]
     assert later and set(later) == {other}, rest
+
+
+def test_a_released_lb_address_can_be_a_containers(make_lab):
+    """The LB address of a routing-mesh network has a local bridge FDB entry for its MAC.
+    Once unpublished, the address is free; a container given it later (and so its MAC)
+    must not find its frames swallowed by the bridge."""
+    lab = make_lab(hosts=2)
+    overlay_setup(lab, "app", "10.101.0.0/24")
+    a = api(lab, "h1")
+    a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
+    http_task(lab, "h2", "web2", "web")
+    a.post("/v1/published", {"published": 8080, "target": 80, "protocol": "tcp"})
+    lb = wait_until(lambda: [e for e in api(lab, "h1").get("/v1/endpoints")
+                             if e["host"] == "h1" and not e["netns"]], 10, what="LB address")
+    ip, mac = lb[0]["ip"], lb[0]["mac"]
+    vni = a.get("/v1/networks")[0]["vni"]
+    sandbox = f"{lab.spec.host_ns('h1')}-ov-{vni:06x}"
+
+    def br0_fdb() -> str:
+        import subprocess
+        return subprocess.run(["bridge", "-n", sandbox, "fdb", "show", "dev", "br0"],
+                              capture_output=True, text=True).stdout
+    wait_until(lambda: mac in br0_fdb(), 10, what="the LB address's FDB entry")
+    a.delete("/v1/published/8080-tcp")
+    wait_until(lambda: mac not in br0_fdb(), 10, what="the LB FDB entry removed")
+    ep = lab.run("h1", "late", ["sleep", "3600"],
+                 {"network": "app", "name": "late", "aliases": [], "ip": ip})["endpoint"]
+    assert ep["ip"] == ip and ep["mac"] == mac
+    r = ns_exec(lab.spec.container_ns("late"), "ping", "-c", "2", "-W", "2", "web2")
+    assert r.returncode == 0, r.stdout + r.stderr

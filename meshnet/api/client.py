@@ -10,7 +10,9 @@ from typing import Any
 from meshnet.errors import UserError
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (stdlib)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -28,7 +30,7 @@ class ApiClient:
         self.timeout = timeout
 
     def request(self, method: str, url: str, body: Any = None) -> Any:
-        conn = _UnixConnection(self.path, self.timeout)
+        conn = UnixConnection(self.path, self.timeout)
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if payload else {}

@@ -30,7 +30,7 @@ from meshnet.dns.programmer import DOCKER_UPSTREAM as DNS_UPSTREAM
 from meshnet.dockerplugin import protocol as p
 from meshnet.dockerplugin.state import NetworkBinding, PluginState, StateFile
 from meshnet.errors import UserError
-from meshnet.model import DOCKER_NETNS, Endpoint, Network, check_name, parse_ip
+from meshnet.model import DOCKER_NETNS, Endpoint, IPAddress, Network, check_name, parse_ip
 from meshnet.vxlan.state import docker_peer_name
 
 log = logging.getLogger("meshnet.docker")
@@ -38,6 +38,14 @@ log = logging.getLogger("meshnet.docker")
 AUTO_POOLS = ipaddress.ip_network("10.96.0.0/11")  #: subnets for networks without --subnet
 AUTO_PREFIX = 24
 NAME_WAIT = 15.0  #: how long a call waits for a network's name to be learned
+
+
+def _address(text: str) -> IPAddress:
+    """An address as Docker sends it ("10.0.0.2" or "10.0.0.2/24")."""
+    try:
+        return parse_ip(text.partition("/")[0])
+    except UserError:
+        raise p.PluginError(f"invalid address {text!r}") from None
 
 
 class DockerHost(Protocol):
@@ -210,10 +218,7 @@ class Driver:
         bound = self.state.network_of_pool(req.pool_id)
         if bound is None or not bound[1].name:
             return
-        try:
-            ip = parse_ip(req.address.partition("/")[0])
-        except UserError:
-            raise p.PluginError(f"invalid address {req.address!r}") from None
+        ip = _address(req.address)
         key = f"{bound[1].name}/{ip}"
         ep = self.host.docker_endpoint(key)
         if ep is not None and ep.docker and ep.host == self.host.node:
@@ -339,10 +344,7 @@ class Driver:
     async def create_endpoint(self, req: p.CreateEndpoint) -> dict[str, Any]:
         b = await self._binding(req.network_id)
         net = self._network(b.name)
-        try:
-            ip = parse_ip(req.address.partition("/")[0])
-        except UserError:
-            raise p.PluginError(f"invalid address {req.address!r}") from None
+        ip = _address(req.address)
         key = f"{net.name}/{ip}"
         ep = self.host.docker_endpoint(key)
         if ep is None:  # not claimed through our RequestAddress (an agent restart between)

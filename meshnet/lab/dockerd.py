@@ -21,11 +21,9 @@ tells the still-running agent, Leave/DeleteEndpoint), then the agents.
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 from meshnet import netns
+from meshnet.api.client import UnixConnection
 from meshnet.dns.programmer import DOCKER_UPSTREAM
 from meshnet.errors import UserError
 from meshnet.lab.topology import LabSpec
@@ -94,25 +93,13 @@ def dockerd_command(spec: LabSpec, host: str, holder: int) -> list[str]:
 
 def ping(sock: str, timeout: float = 2.0) -> bool:
     try:
-        conn = _UnixHttp(sock, timeout)
+        conn = UnixConnection(sock, timeout)
         conn.request("GET", "/_ping")
         ok = conn.getresponse().status == 200
         conn.close()
         return ok
     except OSError:
         return False
-
-
-class _UnixHttp(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
 
 
 def start(spec: LabSpec, host: str) -> int:
