@@ -229,14 +229,6 @@ def test_names_vips_srv_ports_and_services(lab):
     docker(lab, "h2", "rm", "-f", "pweb")
 
 
-def _no_leftovers(lab: Lab, names: list[str]) -> None:
-    for h in ("h1", "h2"):
-        eps = endpoints(lab, h)
-        assert not set(names) & set(eps), (h, sorted(eps))
-        running = docker(lab, h, "ps", "-q").split()
-        assert len(host_links(lab, h)) == 0 or running, host_links(lab, h)
-
-
 def test_lifecycle_leaves_nothing_behind(lab):
     c = api(lab, "h1")
     # rm -f: endpoint, veth and the peers' FDB entries go
@@ -357,6 +349,7 @@ def test_boot_order_dockerd_up_fast_with_the_plugin_and_slow_without(lab):
     wait_until(lambda: "1 packets received" in sh(lab, "h1", "boot", "ping -c1 -W1 peer"), 30,
                what="restart-always container back after a socket-activated agent")
     assert "(from systemd)" in agent_log(lab, "h1")
+    dockerd.stop(lab.spec, "h1", everything=False)  # its containers released cleanly
     lab.stop_agent("h1")
     os.unlink(dockerd.plugin_socket(lab.spec, "h1"))  # the plugin absent: no socket at all
     try:
@@ -384,3 +377,27 @@ def test_cli_lab_exec_sets_docker_host(lab):
     names = docker(lab, "h2", "ps", "--format", "{{.Names}}").splitlines()
     assert r.stdout.splitlines()[1:] == names == ["cli"]  # h2's dockerd
     docker(lab, "h2", "rm", "-f", "cli")
+
+
+def test_removing_every_container_and_network_leaves_nothing(lab):
+    """Last: everything a user made through Docker removed -> no veth, endpoint, FDB or
+    neighbour entry, address, pool or plugin record is left on either host."""
+    for h in ("h1", "h2"):
+        ids = docker(lab, h, "ps", "-aq").split()
+        if ids:
+            docker(lab, h, "rm", "-f", *ids)
+        for net in docker(lab, h, "network", "ls", "--filter", "driver=meshnet", "--format",
+                          "{{.Name}}").split():
+            docker(lab, h, "network", "rm", net)
+    for h in ("h1", "h2"):
+        wait_until(lambda h=h: not [e for e in api(lab, h).get("/v1/endpoints")
+                                    if e["netns"].startswith("docker:")], 10,
+                   what=f"no Docker endpoint known on {h}")
+        assert host_links(lab, h) == [], host_links(lab, h)
+        state = plugin_state(lab, h)
+        assert state["endpoints"] == {} and state["joined"] == {}, state
+        assert state["networks"] == {} and state["pools"] == {}, state
+        for net in api(lab, h).get("/v1/networks"):  # sandboxes go with their endpoints
+            sandbox = f"{lab.spec.host_ns(h)}-ov-{net['vni']:06x}"
+            wait_until(lambda s=sandbox: not os.path.exists(f"/run/netns/{s}"), 10,
+                       what=f"{sandbox} removed")

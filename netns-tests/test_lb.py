@@ -252,6 +252,8 @@ def test_a_released_lb_address_can_be_a_containers(make_lab):
     a = api(lab, "h1")
     a.post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
     http_task(lab, "h2", "web2", "web")
+    lab.run("h1", "keep", ["sleep", "3600"],  # keeps h1's sandbox when the mesh goes
+            {"network": "app", "name": "keep", "aliases": []})
     a.post("/v1/published", {"published": 8080, "target": 80, "protocol": "tcp"})
     lb = wait_until(lambda: [e for e in api(lab, "h1").get("/v1/endpoints")
                              if e["host"] == "h1" and not e["netns"]], 10, what="LB address")

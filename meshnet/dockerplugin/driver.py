@@ -254,6 +254,8 @@ class Driver:
         else:
             name = next((n.name for n in nets.values() if n.subnet == subnet), "")
         self.state.networks[req.network_id] = NetworkBinding(name, pid, req.internal)
+        if name:
+            self.state.ensured.add(name)  # has a Docker network here: never re-made for it
         self._save()
         if not name:
             self._learn_name(req.network_id)
@@ -305,6 +307,7 @@ class Driver:
             except UserError as exc:
                 log.warning("docker network %s: %s", nid[:12], exc)
         b.name = name
+        self.state.ensured.add(name)
         self._save()
         log.info("docker network %s is meshnet network %s", nid[:12], name)
         self._named.pop(nid).set()

@@ -6,6 +6,8 @@ dockerd may hold a lock while it waits for the plugin's answer).
   container's endpoints (on every container ``start`` and network ``connect`` event, and
   in a full pass on every
   (re)connect and every ``FULL_INTERVAL``), so other hosts resolve them;
+* stale endpoints: one dockerd no longer lists (it stopped a container while the agent
+  was down, so Leave/DeleteEndpoint never came) is removed after two passes;
 * the Docker network of every meshnet network on this host (``docker network create -d
   meshnet --ipam-driver meshnet --subnet S -o meshnet.network=NAME NAME``), once per
   network and host: a network made with ``meshnet network create`` or on another host
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from meshnet.dockerplugin import protocol as p
@@ -27,6 +30,7 @@ from meshnet.runtime.docker import DockerClient, DockerError, DockerUnavailable
 
 log = logging.getLogger("meshnet.docker")
 FULL_INTERVAL = 30.0
+STALE_AFTER = 20.0  #: an endpoint dockerd has not listed for this long is stale
 ENSURE_INTERVAL = 1.0
 LABEL_SERVICE = "meshnet.service"
 
@@ -69,6 +73,7 @@ class DockerNames:
         self.driver = driver
         self.client = client
         self._tasks: list[asyncio.Task] = []
+        self._missing: dict[str, float] = {}  #: EndpointID -> when dockerd first lacked it
         driver.namer = self._network_name
 
     async def _network_name(self, nid: str) -> str | None:
@@ -100,6 +105,31 @@ class DockerNames:
             return
         for c in await self.client.containers():
             await self.name_container(str(c.get("Id", "")))
+        await self.reap_stale()
+
+    async def reap_stale(self, now: float | None = None) -> list[str]:
+        """Endpoints Docker no longer has (it could not tell us: the agent was down when a
+        container stopped, or dockerd crashed and lost them) are removed, once Docker has
+        not listed them on two passes at least STALE_AFTER apart."""
+        now = time.monotonic() if now is None else now
+        known: set[str] = set()
+        for nid in list(self.driver.state.networks):
+            info = await self.client.network(nid)
+            for c in ((info or {}).get("Containers") or {}).values():
+                if isinstance(c, dict) and c.get("EndpointID"):
+                    known.add(str(c["EndpointID"]))
+        gone = []
+        for eid in list(self.driver.state.endpoints):
+            if eid in known:
+                self._missing.pop(eid, None)
+                continue
+            first = self._missing.setdefault(eid, now)
+            if now - first >= STALE_AFTER:
+                log.info("docker endpoint %s is unknown to dockerd: removing it", eid[:12])
+                await self.driver.delete_endpoint(eid)
+                self._missing.pop(eid, None)
+                gone.append(eid)
+        return gone
 
     async def _follow(self) -> None:
         delay = 0.1

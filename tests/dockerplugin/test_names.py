@@ -67,3 +67,51 @@ def test_every_meshnet_network_gets_a_docker_network_once(tmp_path):
     del cluster.networks["appnet"]  # removed cluster-wide: forgotten, may come back
     asyncio.run(names.ensure_networks())
     assert d.state.ensured == {"db"}
+
+
+class FakeNetworks:
+    def __init__(self) -> None:
+        self.endpoints: dict[str, list[str]] = {}  # NetworkID -> EndpointIDs dockerd lists
+
+    async def network(self, nid):
+        return {"Containers": {f"c{i}": {"EndpointID": e}
+                               for i, e in enumerate(self.endpoints.get(nid, []))}}
+
+
+def test_endpoints_dockerd_forgot_are_reaped_after_two_passes(tmp_path):
+    from tests.dockerplugin.test_driver import EID, EID2, NID, create_network, run_container
+
+    async def go():
+        host = FakeHost("h1", Cluster())
+        d = Driver(host, StateFile(tmp_path / "docker.json"))
+        pool = await create_network(d)
+        await run_container(d, pool, EID)
+        await run_container(d, pool, EID2, sandbox="/s/2")
+        docker = FakeNetworks()
+        docker.endpoints[NID] = [EID]  # EID2's container stopped while the agent was down
+        names = DockerNames(d, docker)  # type: ignore[arg-type]
+        assert await names.reap_stale(now=100.0) == []  # first miss: not yet
+        assert await names.reap_stale(now=110.0) == []  # too soon
+        assert await names.reap_stale(now=121.0) == [EID2]
+        assert list(d.state.endpoints) == [EID]
+        assert [e.docker_id for e in host.cluster.endpoints.values()] == [EID]
+        docker.endpoints[NID] = []  # a blip: listed again before the second pass
+        await names.reap_stale(now=200.0)
+        docker.endpoints[NID] = [EID]
+        assert await names.reap_stale(now=230.0) == []
+        assert list(d.state.endpoints) == [EID]
+    asyncio.run(go())
+
+
+def test_a_network_made_through_docker_here_is_not_made_again_after_rm(tmp_path):
+    from tests.dockerplugin.test_driver import NID, create_network
+
+    async def go():
+        host = FakeHost("h1", Cluster())
+        d = Driver(host, StateFile(tmp_path / "docker.json"))
+        await create_network(d)
+        await d.handle("NetworkDriver.DeleteNetwork", b'{"NetworkID": "%s"}' % NID.encode())
+        docker = FakeDocker(["bridge"])  # the user removed appnet
+        await DockerNames(d, docker).ensure_networks()  # type: ignore[arg-type]
+        assert docker.created == []
+    asyncio.run(go())
