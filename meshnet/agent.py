@@ -44,6 +44,8 @@ from meshnet.ipvs.agentlb import LoadBalancing
 from meshnet.ipvs.ipvs import ipvs_available
 from meshnet.ipvs.reserve import port_free
 from meshnet.keys import decode_key
+from meshnet.macvlan.kernel import MacvlanKernel
+from meshnet.macvlan.reconciler import MacvlanReconciler
 from meshnet.model import DOCKER_NETNS, VNI_MAX, Endpoint, IPAddress, KeyringSpec, Network, Node
 from meshnet.services import create_service, publish_port, remove_service, unpublish_port
 from meshnet.store import LocalTables, Store
@@ -58,7 +60,8 @@ from meshnet.vxlan.state import mac_for
 log = logging.getLogger("meshnet.agent")
 
 VNI_AUTO_MIN = 4096  # as Docker: keep clear of 802.1Q VLAN IDs
-NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal"}
+NETWORK_FIELDS = {"name", "subnet", "vni", "mtu", "internal", "driver", "gateway", "ip_range",
+                  "parent", "macvlan_mode"}
 ATTACH_FIELDS = {"netns", "network", "name", "service", "aliases", "ip"}
 DOCKER_SETTLE = frozenset({"vxlan", "dns"})
 DOCKER_WAIT = 60.0  #: how long a Docker plugin call waits for the data plane to start
@@ -106,7 +109,8 @@ class Agent:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time,
                  overlay_kernel: OverlayKernelPort | None = None,
                  gw_kernel: Any = None, notifier: Notifier | None = None,
-                 lb_factory: Callable[..., LoadBalancing] = LoadBalancing) -> None:
+                 lb_factory: Callable[..., LoadBalancing] = LoadBalancing,
+                 macvlan_kernel: Any = None) -> None:
         self.config = config
         self.node = config.node_name
         self.clock = clock
@@ -118,6 +122,7 @@ class Agent:
         # every kernel call runs on this one thread (pyroute2 is synchronous)
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.overlay_kernel = overlay_kernel or OverlayKernel(self.prefix)
+        self.macvlan_kernel = macvlan_kernel or MacvlanKernel()
         self.overlay: OverlayReconciler | None = None
         self.gw_kernel = gw_kernel or GwKernel()
         self.gw_allocs: dict[str, Allocation] = {}
@@ -173,6 +178,11 @@ class Agent:
                                self.config.gwbridge_subnet, self.gw_allocs, self.in_kernel,
                                self._netns_gone, pending=self._claims)
         gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=30.0)
+        self.macvlan = MacvlanReconciler(self.node, self.store, self.macvlan_kernel,
+                                         self.in_kernel, self.macvlan_parent, self._netns_gone,
+                                         pending=self._claims)
+        mv_sync = SyncRunner("macvlan", self.macvlan.sync, min_interval=0.02,
+                             full_interval=30.0)
         upstreams = ([parse_upstream(u) for u in self.config.dns_upstreams]
                      or read_host_upstreams())
         server = DnsServer(DnsConfig(), upstreams, view=None)
@@ -188,6 +198,7 @@ class Agent:
         self.runners = {
             self.overlay_sync: frozenset({"networks", "endpoints", "vteps"}) | mesh,
             gw_sync: frozenset({"networks", "endpoints"}),
+            mv_sync: frozenset({"networks", "endpoints"}),
             dns_sync: frozenset({"networks", "endpoints", "services", "health"}),
             lb_sync: LB_TABLES,
         }
@@ -470,14 +481,43 @@ class Agent:
             vni = pick_vni(str(name), taken)
         net = Network(
             name=name, vni=vni, subnet=body["subnet"], mtu=body.get("mtu", 0),
-            internal=body.get("internal", False),
+            internal=body.get("internal", False), driver=body.get("driver") or "overlay",
+            gateway_ip=body.get("gateway") or "", ip_range=body.get("ip_range") or "",
+            parent=body.get("parent") or "", macvlan_mode=body.get("macvlan_mode") or "",
         )
         clash = [n.name for n in existing.values() if n.vni == net.vni]
         if clash:
             raise Conflict(f"VNI {net.vni} is already used by network {clash[0]}")
+        if net.macvlan:
+            self._check_macvlan(net)
         self.store.put("networks", net.name, net, self.clock())
         log.info("network %s created (vni %d, subnet %s)", net.name, net.vni, net.subnet)
         return net
+
+    def _check_macvlan(self, net: Network) -> None:
+        """Containers would get the addresses of hosts on that LAN: refused unless an
+        --ip-range keeps the allocations clear of every host's address (each VTEP, and
+        this host's own addresses); the parent must exist here (VLAN: its base)."""
+        hosts = {str(n.vtep_addr): n.name for n in self.store.all("vteps").values()}
+        hosts.update({a: self.node for a in self.macvlan_kernel.host_addresses()})
+        inside = sorted((ip, h) for ip, h in hosts.items()
+                        if ipaddress.ip_address(ip) in net.range or
+                        ipaddress.ip_address(ip) == net.gateway)
+        if inside:
+            shown = ", ".join(f"{h} {ip}" for ip, h in inside[:4])
+            what = "--ip-range" if net.ip_range else "subnet"
+            raise UserError(f"{what} {net.range} contains host addresses ({shown}): give an "
+                            "--ip-range clear of them")
+        parent = self.macvlan_parent(net)
+        base = parent.partition(".")[0]
+        if not self.macvlan_kernel.link_exists(base):
+            raise UserError(f"parent interface {base} does not exist on {self.node}")
+
+    def macvlan_parent(self, net: Network) -> str:
+        """This host's parent for a macvlan network: the agent's override, the network's
+        --parent, else the interface holding the VTEP address."""
+        return (self.config.macvlan_parents_map().get(net.name) or net.parent
+                or self.macvlan_kernel.link_of(self.vtep) or "")
 
     # --- endpoints ---------------------------------------------------------------------
 
@@ -621,8 +661,9 @@ class Agent:
         tmp.replace(self._state_file)
 
     async def _gateway_for(self, net: Network, ns: str, taken_ifnames: list[str]) -> None:
-        """Choose the container's egress interface once (host-local, persisted)."""
-        if net.internal or ns in self.gw_allocs:
+        """Choose the container's egress interface once (host-local, persisted). A macvlan
+        network's containers leave through its LAN's router instead."""
+        if net.internal or net.macvlan or ns in self.gw_allocs:
             return
         if await self.in_kernel(lambda: self.gw_kernel.has_default_route(ns)):
             self.gw_allocs[ns] = Allocation("", "")  # it has a gateway of its own

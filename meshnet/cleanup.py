@@ -4,7 +4,8 @@ What meshnet owns, by name (style guide rule 5):
 
 * labs recorded under /run/meshnet/*/lab.json (their processes, namespaces, containers);
 * network namespaces named ``mn-*`` (with any process still inside them);
-* links named ``mn-*`` / ``mn_*`` in this namespace;
+* links named ``mn-*`` / ``mn_*`` in this namespace, and VLAN sub-interfaces with the
+  alias ``meshnet`` (made for macvlan networks' ``NAME.VLAN`` parents);
 * iptables chains named ``MESHNET-*`` (nft and legacy back ends, every table), and the
   jumps into them from built-in chains;
 * nftables tables named ``meshnet*``;
@@ -24,15 +25,22 @@ import subprocess
 from pyroute2.iproute.linux import IPRoute
 
 from meshnet import netns
+from meshnet.macvlan.state import VLAN_ALIAS
 
 OWNED_LINK = re.compile(r"^mn[-_]")
 OWNED_CHAIN = re.compile(r"^MESHNET-[A-Za-z0-9_-]*$")
 
 
 def owned_links() -> list[str]:
+    """Links named mn-*/mn_*, and the VLAN sub-interfaces meshnet made for macvlan
+    networks (alias ``meshnet``)."""
+    out = []
     with IPRoute() as ip:
-        names = [link.get_attr("IFLA_IFNAME") for link in ip.get_links()]
-    return sorted(n for n in names if n and OWNED_LINK.match(n))
+        for link in ip.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name and (OWNED_LINK.match(name) or link.get_attr("IFLA_IFALIAS") == VLAN_ALIAS):
+                out.append(name)
+    return sorted(out)
 
 
 def remove_links() -> list[str]:

@@ -83,10 +83,17 @@ def cmd_members(args: argparse.Namespace) -> None:
 
 
 def _network_rows(nets: list[dict[str, Any]]) -> str:
+    def extra(n: dict[str, Any]) -> str:
+        if n.get("driver") != "macvlan":
+            return "-"
+        parts = [f"gateway {n['gateway_ip']}"]
+        parts += [f"range {n['ip_range']}"] if n.get("ip_range") else []
+        parts += [f"parent {n['parent']}"] if n.get("parent") else []
+        return ", ".join(parts)
     return table(
-        [(n["name"], n["vni"], n["subnet"], n["mtu"] or "auto", "yes" if n["internal"] else "no")
-         for n in nets],
-        ("NAME", "VNI", "SUBNET", "MTU", "INTERNAL"))
+        [(n["name"], n.get("driver", "overlay"), n["vni"], n["subnet"], n["mtu"] or "auto",
+          "yes" if n["internal"] else "no", extra(n)) for n in nets],
+        ("NAME", "DRIVER", "VNI", "SUBNET", "MTU", "INTERNAL", "MACVLAN"))
 
 
 def cmd_network_create(args: argparse.Namespace) -> None:
@@ -98,7 +105,11 @@ def cmd_network_create(args: argparse.Namespace) -> None:
         body["vni"] = args.vni
     if args.mtu is not None:
         body["mtu"] = args.mtu
-    Network(**{"vni": 1, "mtu": 0, **body})  # validate every field locally as well
+    for key in ("driver", "gateway", "ip_range", "parent", "macvlan_mode"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    local = {k: v for k, v in body.items() if k not in ("gateway",)}
+    Network(**{"vni": 1, "mtu": 0, **local, "gateway_ip": body.get("gateway", "")})  # validate
     data = _client(args).post("/v1/networks", body)
     emit(args, data, lambda d: f"network {d['name']} created (vni {d['vni']}, {d['subnet']})")
 
@@ -234,6 +245,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
         "docker_socket": args.docker_socket, "leave_on_terminate": args.leave_on_terminate,
         "docker_plugin_socket": args.docker_plugin_socket,
+        "macvlan_parents": args.macvlan_parent,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -343,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket of meshnet's Docker network and IPAM plugin, served with "
                         "--runtime docker (default: /run/docker/plugins/meshnet.sock; "
                         "empty: no plugin)")
+    a.add_argument("--macvlan-parent", metavar="NET=IFACE", action="append",
+                   help="this host's parent interface for macvlan network NET (repeatable)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="log verbosity (default: info)")
     a.add_argument("--leave-on-terminate", action="store_true", default=None,
@@ -360,13 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     net = sub.add_parser("network", help="overlay networks").add_subparsers(
         dest="network_cmd", required=True, parser_class=Parser)
-    nc = net.add_parser("create", parents=[common], help="create an overlay network")
+    nc = net.add_parser("create", parents=[common],
+                        help="create a network (overlay, or macvlan on each host's LAN)")
     nc.add_argument("name", help="network name")
     nc.add_argument("--subnet", required=True, metavar="CIDR", help="IPv4 subnet of the network")
     nc.add_argument("--vni", type=int, metavar="N", help="VXLAN id (default: allocated)")
     nc.add_argument("--mtu", type=int, metavar="N",
                     help="container MTU (default: underlay MTU - 50)")
     nc.add_argument("--internal", action="store_true", help="no egress to the outside")
+    nc.add_argument("--driver", choices=("overlay", "macvlan"),
+                    help="overlay (default): VXLAN between hosts; macvlan: containers "
+                         "directly on each host's LAN")
+    nc.add_argument("--gateway", metavar="IP", help="macvlan: the LAN's router (required)")
+    nc.add_argument("--ip-range", metavar="CIDR",
+                    help="macvlan: allocate addresses only here (keep it clear of hosts)")
+    nc.add_argument("--parent", metavar="IFACE",
+                    help="macvlan: parent interface, or IFACE.VLAN for an 802.1Q "
+                         "sub-interface (default: the one holding the host's VTEP "
+                         "address; per host: the agent's macvlan-parents)")
+    nc.add_argument("--macvlan-mode", choices=("bridge", "private", "vepa", "passthru"),
+                    help="macvlan mode (default: bridge)")
     nc.set_defaults(func=cmd_network_create)
     net.add_parser("ls", parents=[common], help="list networks").set_defaults(func=cmd_network_ls)
     nr = net.add_parser("rm", parents=[common], help="remove a network")

@@ -87,6 +87,8 @@ class AgentConfig:
     #: the Docker network/IPAM plugin's socket, served with --runtime docker; "": off
     docker_plugin_socket: str = "/run/docker/plugins/meshnet.sock"
     leave_on_terminate: bool = False  #: SIGTERM leaves the cluster (default: a restart)
+    #: NET=IFACE: this host's parent interface for macvlan network NET (else the network's)
+    macvlan_parents: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -125,6 +127,21 @@ class AgentConfig:
             from meshnet.keys import decode_key
 
             decode_key(self.encrypt_key)
+        self.macvlan_parents_map()
+
+    def macvlan_parents_map(self) -> dict[str, str]:
+        from meshnet.model import check_name, check_parent
+
+        out = {}
+        for item in self.macvlan_parents:
+            net, sep, iface = item.partition("=")
+            try:
+                if not sep:
+                    raise ModelError(f"invalid macvlan-parent {item!r}: use NET=IFACE")
+                out[check_name(net, "network name")] = check_parent(iface)
+            except ModelError as exc:
+                raise ConfigError(str(exc)) from None
+        return out
 
     @property
     def node_name(self) -> str:

@@ -201,15 +201,42 @@ class Node(_Model):
         check_port(self.gossip_port, "gossip port")
 
 
+DRIVERS = ("overlay", "macvlan")
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,15}$")  #: a parent link, or LINK.VLAN
+
+
+def check_parent(value: object) -> str:
+    """A macvlan parent: an interface name, or NAME.VLAN (an 802.1Q sub-interface)."""
+    if not isinstance(value, str) or len(value) > 15 or not IFNAME_RE.match(
+            value.replace(".", "_", 1)):
+        raise ModelError(f"invalid parent interface {value!r}: an interface name (at most 15 "
+                         "characters) or NAME.VLAN")
+    base, dot, vlan = value.partition(".")
+    if dot and not (base and vlan.isdigit() and 1 <= int(vlan) <= 4094):
+        raise ModelError(f"invalid parent interface {value!r}: the VLAN after the dot must be "
+                         "1-4094")
+    return value
+
+
 @dataclass(frozen=True)
 class Network(_Model):
-    """An overlay network: one VNI, one subnet. ``mtu`` 0 means 'underlay MTU - 50'."""
+    """A network: one subnet. ``overlay`` (the default): one VNI, ``mtu`` 0 means 'underlay
+    MTU - 50'. ``macvlan``: containers sit on the LAN of each host's parent interface
+    (``parent``, "" = the one holding the host's VTEP address; NAME.VLAN = an 802.1Q
+    sub-interface), with the LAN's router ``gateway_ip`` and addresses only from
+    ``ip_range`` when given; its VNI only names it."""
 
     name: str
     vni: int
     subnet: IPNetwork
     mtu: int = 0
     internal: bool = False
+    driver: str = "overlay"
+    gateway_ip: str = ""
+    ip_range: str = ""
+    parent: str = ""
+    macvlan_mode: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name, "network name")
@@ -219,11 +246,48 @@ class Network(_Model):
             check_int(self.mtu, MTU_MIN, MTU_MAX, "MTU")
         if not isinstance(self.internal, bool):
             raise ModelError(f"invalid internal flag {self.internal!r}: expected true or false")
+        check_choice(self.driver, DRIVERS, "driver")
+        if self.driver == "overlay":
+            for key in ("gateway_ip", "ip_range", "parent", "macvlan_mode"):
+                if getattr(self, key):
+                    raise ModelError(f"--{key.replace('_ip', '').replace('_', '-')} is for "
+                                     "macvlan networks (--driver macvlan)")
+            return
+        if not self.gateway_ip:
+            raise ModelError("a macvlan network needs --gateway (the LAN's router)")
+        gw = parse_ip(self.gateway_ip, "gateway")
+        if gw not in self.subnet or gw in (self.subnet.network_address,
+                                           self.subnet.broadcast_address):
+            raise ModelError(f"gateway {gw} is not a host address of {self.subnet}")
+        self._set("gateway_ip", str(gw))
+        if self.ip_range:
+            rng = parse_cidr(self.ip_range, "--ip-range")
+            if rng.version != self.subnet.version or not rng.subnet_of(self.subnet):  # type: ignore[arg-type]
+                raise ModelError(f"--ip-range {rng} is not inside {self.subnet}")
+            self._set("ip_range", str(rng))
+        if self.parent:
+            check_parent(self.parent)
+        if self.macvlan_mode:
+            check_choice(self.macvlan_mode, MACVLAN_MODES, "macvlan mode")
+        if self.internal:
+            raise ModelError("a macvlan network is on the LAN: --internal does not apply")
 
     @property
     def gateway(self) -> IPAddress:
-        """The first usable address, reserved (kept free for the sandbox bridge)."""
+        """Overlay: the first usable address, reserved (the sandbox bridge's). Macvlan: the
+        LAN's router."""
+        if self.gateway_ip:
+            return ipaddress.ip_address(self.gateway_ip)
         return self.subnet.network_address + 1
+
+    @property
+    def macvlan(self) -> bool:
+        return self.driver == "macvlan"
+
+    @property
+    def range(self) -> IPNetwork:
+        """Where addresses are allocated."""
+        return ipaddress.ip_network(self.ip_range) if self.ip_range else self.subnet
 
 
 DOCKER_NETNS = "docker:"  #: the netns prefix of endpoints made by the Docker plugin

@@ -48,6 +48,10 @@ def create_service(store: Store, body: dict[str, Any], now: float) -> Service:
     if not isinstance(health, dict) or set(health) - HEALTH_FIELDS:
         raise UserError(f"invalid health spec {health!r}")
     mode = body.get("mode", "vip")
+    if net.macvlan and mode != "dnsrr":
+        raise UserError(f"network {netname} is macvlan: services there are --mode dnsrr "
+                        "(DNS answers the tasks, reached at their own LAN addresses; a VIP "
+                        "needs the overlay's load balancer)")
     vip = None
     if mode == "vip":
         taken = {e.ip for e in store.endpoints().values() if e.network == netname}
@@ -108,6 +112,10 @@ def publish_port(store: Store, body: dict[str, Any], now: float) -> PublishedPor
                 f"several services ({', '.join(sorted(s.name for s in exposing))})"
             raise UserError(f"{which} expose {target}/{proto}: name one with --service")
         svc = exposing[0]
+    net = store.networks().get(svc.network)
+    if net is not None and net.macvlan:
+        raise UserError(f"service {svc.name} is on macvlan network {net.name}: its tasks are "
+                        "on the LAN at their own addresses; there is nothing to publish")
     pp = PublishedPort(published=body.get("published"), target=target, service=svc.name,
                        protocol=proto, mode=body.get("mode", "ingress"),
                        local_only=bool(body.get("local_only", False)))

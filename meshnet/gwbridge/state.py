@@ -43,6 +43,7 @@ class Allocation:
 def needs_gateway(netns: str, endpoints: Iterable[Endpoint], networks: Mapping[str, Network]
                   ) -> bool:
     return any(e.netns == netns and e.network in networks and not networks[e.network].internal
+               and not networks[e.network].macvlan
                for e in endpoints)
 
 

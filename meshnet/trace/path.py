@@ -95,7 +95,7 @@ class Expected:
 
 def find_source(view: View, src: str) -> Endpoint:
     """SRC as an attached container on this host: by endpoint name or namespace."""
-    eps = list(view.endpoints)
+    eps = [e for e in view.endpoints if not e.docker]  # Docker's: entered only by Docker
     here = [e for e in eps if e.netns and e.host == view.node and src in (e.name, e.netns)]
     if here:
         return sorted(here, key=lambda e: (e.network, str(e.ip)))[0]
@@ -144,6 +144,10 @@ def expected_path(view: View, src: Endpoint, dst_ip: str, port: int | None,
     net = view.networks.get(src.network)
     if net is None:
         raise NotFound(f"network {src.network} of {src.name} is not in the tables")
+    if net.macvlan:
+        raise UserError(f"{src.name} is on macvlan network {net.name}: meshnet trace follows "
+                        "overlay networks only (on macvlan the probe leaves through the "
+                        "host's LAN interface, where meshnet has no hop to check)")
     addr = ipaddress.ip_address(dst_ip)
     base = dict(_common(view, net), client=str(src.ip), dst=str(addr), proto=proto,
                 src_mac=src.mac)

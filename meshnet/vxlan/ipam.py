@@ -17,7 +17,8 @@ from meshnet.model import IPAddress, Network, parse_ip
 
 
 def reserved(net: Network) -> set[IPAddress]:
-    """Network address, gateway (first host, on the sandbox bridge) and broadcast."""
+    """Network address, gateway (overlay: the first host, on the sandbox bridge; macvlan:
+    the LAN's router) and broadcast."""
     s = net.subnet
     out = {s.network_address, net.gateway}
     if s.version == 4:
@@ -37,8 +38,9 @@ def check_static(net: Network, text: str, taken: Iterable[IPAddress]) -> IPAddre
 
 
 def allocate(net: Network, taken: Iterable[IPAddress], seed: str) -> IPAddress:
-    """A free address, searching from an offset derived from ``seed`` (the host name)."""
-    s = net.subnet
+    """A free address, searching from an offset derived from ``seed`` (the host name),
+    inside the network's ``--ip-range`` if it has one."""
+    s = net.range
     used = set(taken) | reserved(net)
     size = s.num_addresses
     if size - len([u for u in used if u in s]) <= 0:

@@ -100,6 +100,7 @@ def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endp
     whose sandbox every host needs (routing-mesh networks), local endpoint or not."""
     out = Overlay()
     eps = list(endpoints)
+    networks = {n: net for n, net in networks.items() if not net.macvlan}  # not VXLAN's
     local_vtep = vteps.get(node)
     if local_vtep is None:
         return out
