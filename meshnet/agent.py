@@ -135,6 +135,7 @@ class Agent:
         self.underlay_mtu = config.underlay_mtu or 1500
         self.overlay_sync: SyncRunner | None = None
         self._attach_lock = asyncio.Lock()
+        self._vtep_link = ""  #: the interface holding the VTEP address (macvlan's parent)
         self._dataplane_up = asyncio.Event()  #: the reconcilers run (Docker calls wait)
         self._leaving = False
         self._claims: set[str] = set()  #: endpoint keys published but not yet confirmed
@@ -162,6 +163,8 @@ class Agent:
         mtu = self.config.underlay_mtu or await self.in_kernel(
             lambda: self.overlay_kernel.underlay_mtu(self.vtep)) or 1500
         self.underlay_mtu = mtu
+        self._vtep_link = await self.in_kernel(
+            lambda: self.macvlan_kernel.link_of(self.vtep)) or ""
         self.store.put("vteps", self.node, Node(name=self.node, gossip_addr=self.vtep,
                                                 vtep_addr=self.vtep,
                                                 gossip_port=self.config.bind_port), self.clock())
@@ -465,7 +468,7 @@ class Agent:
 
     # --- commands ----------------------------------------------------------------
 
-    def create_network(self, body: dict[str, Any]) -> Network:
+    async def create_network(self, body: dict[str, Any]) -> Network:
         unknown = set(body) - NETWORK_FIELDS
         if unknown:
             raise UserError(f"unknown network field(s): {', '.join(sorted(unknown))}")
@@ -489,17 +492,20 @@ class Agent:
         if clash:
             raise Conflict(f"VNI {net.vni} is already used by network {clash[0]}")
         if net.macvlan:
-            self._check_macvlan(net)
+            await self._check_macvlan(net)
+            if net.name in self.store.networks():  # created meanwhile (we awaited)
+                raise Conflict(f"network {name} already exists")
         self.store.put("networks", net.name, net, self.clock())
         log.info("network %s created (vni %d, subnet %s)", net.name, net.vni, net.subnet)
         return net
 
-    def _check_macvlan(self, net: Network) -> None:
+    async def _check_macvlan(self, net: Network) -> None:
         """Containers would get the addresses of hosts on that LAN: refused unless an
         --ip-range keeps the allocations clear of every host's address (each VTEP, and
         this host's own addresses); the parent must exist here (VLAN: its base)."""
         hosts = {str(n.vtep_addr): n.name for n in self.store.all("vteps").values()}
-        hosts.update({a: self.node for a in self.macvlan_kernel.host_addresses()})
+        own = await self.in_kernel(self.macvlan_kernel.host_addresses)
+        hosts.update({a: self.node for a in own})
         inside = sorted((ip, h) for ip, h in hosts.items()
                         if ipaddress.ip_address(ip) in net.range or
                         ipaddress.ip_address(ip) == net.gateway)
@@ -510,14 +516,19 @@ class Agent:
                             "--ip-range clear of them")
         parent = self.macvlan_parent(net)
         base = parent.partition(".")[0]
-        if not self.macvlan_kernel.link_exists(base):
+        if not await self.in_kernel(lambda: self.macvlan_kernel.link_exists(base)):
             raise UserError(f"parent interface {base} does not exist on {self.node}")
+        if "." in parent and not await self.in_kernel(
+                lambda: self.macvlan_kernel.link_exists(parent)
+                or self.macvlan_kernel.can_make_vlan(base)):
+            raise UserError(f"cannot create the VLAN parent {parent}: this kernel has no "
+                            "802.1Q (8021q) support")
 
     def macvlan_parent(self, net: Network) -> str:
         """This host's parent for a macvlan network: the agent's override, the network's
-        --parent, else the interface holding the VTEP address."""
+        --parent, else the interface holding the VTEP address (found at the start)."""
         return (self.config.macvlan_parents_map().get(net.name) or net.parent
-                or self.macvlan_kernel.link_of(self.vtep) or "")
+                or self._vtep_link)
 
     # --- endpoints ---------------------------------------------------------------------
 

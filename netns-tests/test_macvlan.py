@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import agent_log, api, lab_exec, meshnet, ns_exec, wait_until
+from conftest import agent_log, api, lab_exec, meshnet, ns_exec, unique, wait_until
 
 from meshnet.errors import UserError
 
@@ -100,6 +100,36 @@ def test_dnsrr_services_and_what_is_refused(lan_lab):
                                  "protocol": "tcp", "mode": "host"})
 
 
+def kernel_has_8021q() -> bool:
+    ns = f"mn-{unique()}-vl"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "d1"],
+                       check=True)
+        return subprocess.run(["ip", "-n", ns, "link", "add", "link", "d0", "name", "d0.42",
+                               "type", "vlan", "id", "42"], capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+HAS_8021Q = kernel_has_8021q()
+
+
+@pytest.mark.skipif(HAS_8021Q, reason="this kernel has 802.1Q: the other test runs")
+def test_vlan_parent_without_8021q_is_one_clear_line(make_lab):
+    lab = make_lab(hosts=1)
+    r = lab_exec(lab, "h1", "meshnet", "network", "create", "v42", "--driver", "macvlan",
+                 "--subnet", "198.51.100.0/24", "--gateway", "198.51.100.254",
+                 "--parent", "eth0.42")
+    assert r.returncode == 2, r
+    assert "cannot create the VLAN parent eth0.42: this kernel has no 802.1Q (8021q) " \
+        "support" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert api(lab, "h1").get("/v1/networks") == []
+    assert "mn-vlprobe" not in links(lab, "h1") and "eth0.42" not in links(lab, "h1")
+
+
+@pytest.mark.skipif(not HAS_8021Q, reason="CONFIG_VLAN_8021Q is not set in this kernel: "
+                                          "no VLAN sub-interface can be made here")
 def test_vlan_parent_made_and_removed_with_its_network(make_lab):
     lab = make_lab(hosts=2)
     a = api(lab, "h1")

@@ -38,7 +38,7 @@ class AgentApi(Protocol):
 
     def list_networks(self) -> list[Network]: ...
 
-    def create_network(self, body: dict[str, Any]) -> Network: ...
+    async def create_network(self, body: dict[str, Any]) -> Network: ...
 
     def remove_network(self, name: str) -> None: ...
 
@@ -94,7 +94,7 @@ def routes(agent: AgentApi) -> list[Route]:
         return [n.to_dict() for n in agent.list_networks()]
 
     async def network_create(request: Request) -> Any:
-        return agent.create_network(await read_body(request)).to_dict()
+        return (await agent.create_network(await read_body(request))).to_dict()
 
     async def network_rm(request: Request) -> Any:
         agent.remove_network(request.match_info["name"])

@@ -57,7 +57,7 @@ class DockerHost(Protocol):
 
     def docker_endpoint(self, key: str) -> Endpoint | None: ...
 
-    def create_network(self, body: dict[str, Any]) -> Network: ...
+    async def create_network(self, body: dict[str, Any]) -> Network: ...
 
     async def docker_claim(self, net: Network, static: str | None) -> Endpoint: ...
 
@@ -245,14 +245,19 @@ class Driver:
             check_name(name, "meshnet network name")
             net = nets.get(name)
             if net is None:
-                self.host.create_network({"name": name, "subnet": str(subnet),
+                await self.host.create_network({"name": name, "subnet": str(subnet),
                                           "internal": req.internal})
                 await self.host.durable()
             elif net.subnet != subnet:
                 raise p.PluginError(f"meshnet network {name} has subnet {net.subnet}: create "
                                     f"it with --subnet {net.subnet}")
+            elif net.macvlan:
+                raise p.PluginError(f"meshnet network {name} is macvlan: the plugin serves "
+                                    "overlay networks (Docker's own macvlan driver serves "
+                                    "the LAN)")
         else:
-            name = next((n.name for n in nets.values() if n.subnet == subnet), "")
+            name = next((n.name for n in nets.values()
+                         if n.subnet == subnet and not n.macvlan), "")
         self.state.networks[req.network_id] = NetworkBinding(name, pid, req.internal)
         if name:
             self.state.ensured.add(name)  # has a Docker network here: never re-made for it
@@ -301,7 +306,7 @@ class Driver:
             name, net = f"docker-{nid[:12]}", None
         if net is None and name not in self.host.docker_networks():
             try:
-                self.host.create_network({"name": name, "subnet": str(subnet),
+                await self.host.create_network({"name": name, "subnet": str(subnet),
                                           "internal": b.internal})
                 await self.host.durable()
             except UserError as exc:

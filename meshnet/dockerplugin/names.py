@@ -188,7 +188,7 @@ class DockerNames:
             self.driver.file.save(state)
         bound = {b.name for b in state.networks.values()}
         todo = [n for name, n in sorted(nets.items())
-                if name not in state.ensured and name not in bound]
+                if name not in state.ensured and name not in bound and not n.macvlan]
         if not todo:
             return
         have = {str(n.get("Name")): n for n in await self.client.networks()}

@@ -84,15 +84,33 @@ class MacvlanKernel:
     # --- apply -----------------------------------------------------------------------
 
     def apply(self, ops: Iterable[Op]) -> list[str]:
-        gone = []
+        """Every op is tried (one network's broken parent does not hold up the others);
+        the failures are raised together at the end, so the sync is retried."""
+        gone, failed = [], []
         for op in ops:
             try:
                 self._apply(op)
             except NetnsGone:
                 gone.append(op.port.netns)  # type: ignore[union-attr]
-            except NetlinkError as exc:
-                raise KernelError(f"{type(op).__name__} {op}: {exc}") from exc
+            except (NetlinkError, KernelError, UserError) as exc:
+                failed.append(f"{type(op).__name__} {getattr(op, 'name', '')}"
+                              f"{getattr(getattr(op, 'port', None), 'netns', '')}: {exc}")
+        if failed:
+            raise KernelError("; ".join(failed[:3]))
         return gone
+
+    def can_make_vlan(self, base: str) -> bool:
+        """Whether this kernel makes 802.1Q sub-interfaces (a throwaway one on ``base``)."""
+        with netns.ipr(self.host_ns) as ip:
+            link = ip.link_lookup(ifname=base)
+            if not link:
+                return False
+            try:
+                ip.link("add", ifname="mn-vlprobe", kind="vlan", link=link[0], vlan_id=4094)
+            except NetlinkError:
+                return False
+            ip.link("del", index=ip.link_lookup(ifname="mn-vlprobe")[0])
+            return True
 
     def _apply(self, op: Op) -> None:
         match op:

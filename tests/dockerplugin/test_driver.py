@@ -42,7 +42,7 @@ class FakeHost:
     def docker_endpoint(self, key: str) -> Endpoint | None:
         return self.cluster.endpoints.get(key)
 
-    def create_network(self, body: dict[str, Any]) -> Network:
+    async def create_network(self, body: dict[str, Any]) -> Network:
         if body["name"] in self.cluster.networks:
             raise Conflict(f"network {body['name']} already exists")
         net = Network(name=body["name"], vni=4096 + len(self.cluster.networks),
@@ -353,3 +353,20 @@ def test_user_error_type_is_a_plugin_error():
                   name="x", netns=DOCKER_NETNS)
     assert ep.docker and ep.docker_id == ""
     assert replace(ep, netns=DOCKER_NETNS + "abc").docker_id == "abc"
+
+
+def test_a_macvlan_network_is_not_served_through_docker(run):
+    async def go(tmp):
+        d, host = make(tmp)
+        host.cluster.networks["lan"] = Network(
+            name="lan", vni=4200, subnet="10.77.0.0/24", driver="macvlan",
+            gateway_ip="10.77.0.254")
+        status, out = await call(d, "IpamDriver.RequestPool", {"Pool": "10.77.0.0/24"})
+        assert status == 200
+        status, out = await call(d, "NetworkDriver.CreateNetwork", {
+            "NetworkID": NID, "Options": {"com.docker.network.generic":
+                                          {"meshnet.network": "lan"}},
+            "IPv4Data": [{"AddressSpace": "meshnet", "Pool": out["Pool"]}]})
+        assert status == 500 and "is macvlan" in out["Err"]
+        assert d.state.networks == {}
+    run(go)
