@@ -181,9 +181,10 @@ class Agent:
                                self.config.gwbridge_subnet, self.gw_allocs, self.in_kernel,
                                self._netns_gone, pending=self._claims)
         gw_sync = SyncRunner("gwbridge", self.gw.sync, min_interval=0.02, full_interval=30.0)
-        self.macvlan = MacvlanReconciler(self.node, self.store, self.macvlan_kernel,
-                                         self.in_kernel, self.macvlan_parent, self._netns_gone,
-                                         pending=self._claims)
+        self.macvlan = MacvlanReconciler(
+            self.node, self.store, self.macvlan_kernel, self.in_kernel, self.macvlan_parent,
+            self._netns_gone, pending=self._claims,
+            claim=self._claim if self.config.macvlan_shim else None, clock=self.clock)
         mv_sync = SyncRunner("macvlan", self.macvlan.sync, min_interval=0.02,
                              full_interval=30.0)
         upstreams = ([parse_upstream(u) for u in self.config.dns_upstreams]

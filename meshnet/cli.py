@@ -245,7 +245,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "netns_prefix": args.netns_prefix, "gwbridge_subnet": args.gwbridge_subnet,
         "docker_socket": args.docker_socket, "leave_on_terminate": args.leave_on_terminate,
         "docker_plugin_socket": args.docker_plugin_socket,
-        "macvlan_parents": args.macvlan_parent,
+        "macvlan_parents": args.macvlan_parent, "macvlan_shim": args.macvlan_shim,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "empty: no plugin)")
     a.add_argument("--macvlan-parent", metavar="NET=IFACE", action="append",
                    help="this host's parent interface for macvlan network NET (repeatable)")
+    a.add_argument("--macvlan-shim", action="store_true", default=None,
+                   help="let this host reach its own macvlan containers (a macvlan shim on "
+                        "the parent per network, with an address of the network)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="log verbosity (default: info)")
     a.add_argument("--leave-on-terminate", action="store_true", default=None,

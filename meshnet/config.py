@@ -89,6 +89,8 @@ class AgentConfig:
     leave_on_terminate: bool = False  #: SIGTERM leaves the cluster (default: a restart)
     #: NET=IFACE: this host's parent interface for macvlan network NET (else the network's)
     macvlan_parents: tuple[str, ...] = ()
+    #: a macvlan "shim" per macvlan network with local containers, so this host reaches them
+    macvlan_shim: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -70,6 +70,10 @@ def test_containers_on_the_lan_by_name_unique_addresses_direct_source(lan_lab):
     assert re.search(rf"IP {re.escape(ip1)}\.\d+ > 192\.0\.2\.253\.53", line), line
     # nothing of the overlay for a macvlan network
     assert "vxlan" not in links(lab, "h1")
+    # the macvlan limit: the host cannot reach its own macvlan container (no shim here)
+    host1 = lab.spec.host_ns("h1")
+    assert ns_exec(host1, "ping", "-c1", "-W1", ip1).returncode != 0
+    assert ns_exec(lab.spec.host_ns("h2"), "ping", "-c1", "-W1", ip1).returncode == 0
     # a restarted agent adopts the ports: no macvlan change applied
     before = agent_log(lab, "h1").count("macvlan change")
     lab.stop_agent("h1")
@@ -176,3 +180,31 @@ def test_invalid_macvlan_input_is_one_line_and_changes_nothing(make_lab):
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert api(lab, "h1").get("/v1/networks") == []
     assert "--driver" in meshnet("network", "create", "--help").stdout
+
+
+def test_the_shim_lets_a_host_reach_its_own_macvlan_containers(make_lab):
+    lab = make_lab(hosts=2, agent_args=("--macvlan-shim",))
+    api(lab, "h1").post("/v1/networks", LAN)
+    wait_until(lambda: "lan" in [n["name"] for n in api(lab, "h2").get("/v1/networks")],
+               what="lan on h2")
+    ip1 = lab.run("h1", "c1", ["sleep", "3600"],
+                  {"network": "lan", "name": "c1", "aliases": []})["endpoint"]["ip"]
+    ip2 = lab.run("h2", "c2", ["sleep", "3600"],
+                  {"network": "lan", "name": "c2", "aliases": []})["endpoint"]["ip"]
+    host1 = lab.spec.host_ns("h1")
+    wait_until(lambda: ns_exec(host1, "ping", "-c1", "-W1", ip1).returncode == 0, 10,
+               what="h1 reaches its own container through the shim")
+    assert ns_exec(host1, "ping", "-c1", "-W1", ip2).returncode == 0  # and the others
+    shim = [e for e in api(lab, "h1").get("/v1/endpoints") if e["name"] == "h1-shim"]
+    assert len(shim) == 1 and 128 <= int(shim[0]["ip"].split(".")[3]) < 192
+    assert "mn-mvs" in links(lab, "h1")
+    before = agent_log(lab, "h1").count("macvlan change")
+    lab.stop_agent("h1")
+    lab.restart_agent("h1")  # the shim is adopted, not made again
+    time.sleep(1.5)
+    assert agent_log(lab, "h1").count("macvlan change") == before
+    # the last container gone: the shim and its address go too
+    api(lab, "h1").delete(f"/v1/endpoints?netns={lab.spec.container_ns('c1')}")
+    wait_until(lambda: "mn-mvs" not in links(lab, "h1"), 10, what="shim removed")
+    wait_until(lambda: not [e for e in api(lab, "h2").get("/v1/endpoints")
+                            if e["name"] == "h1-shim"], 5, what="the shim address released")

@@ -15,12 +15,15 @@ from meshnet.macvlan.state import (
     MODES,
     VLAN_ALIAS,
     AddPort,
+    AddShim,
     AddVlan,
     DeletePort,
+    DeleteShim,
     DeleteVlan,
     MacvlanState,
     MvPort,
     Op,
+    Shim,
 )
 from meshnet.vxlan.kernel import NetnsGone
 from meshnet.vxlan.state import ENDPOINT_MAC_PREFIXES
@@ -64,9 +67,20 @@ class MacvlanKernel:
     def observe(self, namespaces: Iterable[str]) -> MacvlanState:
         out = MacvlanState()
         with netns.ipr(self.host_ns) as ip:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ip.get_links()}
             for link in ip.get_links():
+                name = link.get_attr("IFLA_IFNAME")
                 if _kind(link) == "vlan" and link.get_attr("IFLA_IFALIAS") == VLAN_ALIAS:
-                    out.vlans.add(link.get_attr("IFLA_IFNAME"))
+                    out.vlans.add(name)
+                elif _kind(link) == "macvlan" and name.startswith("mn-mvs"):
+                    addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                             for a in ip.get_addr(index=link["index"])]
+                    routes = [f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+                              for r in ip.get_routes(family=2, oif=link["index"])
+                              if r.get_attr("RTA_DST") and r["dst_len"] < 32]
+                    out.shims[name] = Shim(name, names.get(link.get_attr("IFLA_LINK"), ""),
+                                           addrs[0] if addrs else "",
+                                           routes[0] if routes else "")
         for ns in sorted(set(namespaces)):
             if not os.path.exists(netns.path_of(ns)):
                 continue
@@ -123,6 +137,13 @@ class MacvlanKernel:
                         ip.link("del", index=idx[0])
             case AddPort(port=port):
                 self._add_port(port)
+            case AddShim(shim=shim):
+                self._add_shim(shim)
+            case DeleteShim(name=name):
+                with netns.ipr(self.host_ns) as ip:
+                    idx = ip.link_lookup(ifname=name)
+                    if idx:
+                        ip.link("del", index=idx[0])
             case DeletePort(netns=ns, ifname=ifname):
                 if os.path.exists(netns.path_of(ns)):
                     with netns.ipr(ns) as ip:
@@ -150,6 +171,22 @@ class MacvlanKernel:
             idx = ip.link_lookup(ifname=name)[0]
             ip.link("set", index=idx, ifalias=VLAN_ALIAS)
             ip.link("set", index=idx, state="up")
+
+    def _add_shim(self, shim: Shim) -> None:
+        with netns.ipr(self.host_ns) as ip:
+            stale = ip.link_lookup(ifname=shim.name)
+            if stale:
+                ip.link("del", index=stale[0])
+            parent = ip.link_lookup(ifname=shim.parent)
+            if not parent:
+                raise KernelError(f"macvlan parent {shim.parent} does not exist here")
+            ip.link("add", ifname=shim.name, kind="macvlan", link=parent[0],
+                    macvlan_mode=MODES["bridge"])
+            idx = ip.link_lookup(ifname=shim.name)[0]
+            addr, _, plen = shim.addr.partition("/")
+            ip.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            ip.link("set", index=idx, state="up")
+            ip.route("replace", dst=shim.route, oif=idx)
 
     def _add_port(self, port: MvPort) -> None:
         try:

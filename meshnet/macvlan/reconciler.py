@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+from meshnet.hostport import Claim
 from meshnet.macvlan.kernel import MacvlanKernel
-from meshnet.macvlan.state import MacvlanState, Op, desired, plan
-from meshnet.model import Network
+from meshnet.macvlan.state import MacvlanState, Op, desired, plan, shim_endpoint_name
+from meshnet.model import Endpoint, Network
 from meshnet.reconcile import Reconciler, RunInKernel
 from meshnet.store import Store
+from meshnet.vxlan.state import mac_for
 
 log = logging.getLogger("meshnet.macvlan")
 
@@ -21,11 +24,16 @@ class MacvlanReconciler(Reconciler):
     def __init__(self, node: str, store: Store, kernel: MacvlanKernel, run: RunInKernel,
                  parent_of: Callable[[Network], str],
                  on_netns_gone: Callable[[list[str]], None] = lambda gone: None,
-                 pending: set[str] | None = None) -> None:
+                 pending: set[str] | None = None, claim: Claim | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``claim``: with it, every macvlan network with a local container gets a shim
+        (an address of the network for this host; see ``state.Shim``)."""
         super().__init__(kernel, run, on_netns_gone)
         self.node = node
         self.store = store
         self.parent_of = parent_of
+        self.claim = claim
+        self.clock = clock
         self.pending = pending if pending is not None else set()
         self.known: set[str] = set()  #: namespaces that had a port (to find removals)
 
@@ -37,7 +45,26 @@ class MacvlanReconciler(Reconciler):
     def plan(self, want: MacvlanState, have: MacvlanState) -> list[Op]:
         return plan(want, have)
 
+    async def _shim_addresses(self) -> None:
+        """Claim a shim address on each macvlan network with a local container; release it
+        when the last one goes."""
+        name = shim_endpoint_name(self.node)
+        nets = {n: net for n, net in self.store.networks().items() if net.macvlan}
+        mine = [e for e in self.store.endpoints().values()
+                if e.host == self.node and e.network in nets]
+        have = {e.network: e for e in mine if not e.netns and e.name == name}
+        need = ({e.network for e in mine if e.netns and not e.docker}
+                if self.claim is not None else set())  # shims off: release any left
+        for net_name in sorted(need - set(have)):
+            if self.claim is not None:  # (always, here: need is empty without it)
+                ep = await self.claim(nets[net_name], None, lambda ip, n=net_name: Endpoint(
+                    network=n, ip=ip, mac=mac_for(ip), host=self.node, name=name))
+                log.info("macvlan shim address %s on %s", ep.ip, net_name)
+        for net_name in sorted(set(have) - need):
+            self.store.delete("endpoints", have[net_name].key, self.clock())
+
     async def sync(self, full: bool) -> None:
+        await self._shim_addresses()
         want = self.want()
         look = self.known | {ns for ns, _ in want.ports}
         have = await self.run(lambda: self.kernel.observe(look))

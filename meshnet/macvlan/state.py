@@ -22,10 +22,30 @@ class MvPort:
     gateway: str
 
 
+@dataclass(frozen=True)
+class Shim:
+    """This host's own macvlan on a network's parent, so the host reaches its containers
+    (the parent itself cannot: the kernel never hands its traffic to macvlan children)."""
+
+    name: str  #: mn-mvsVNI
+    parent: str
+    addr: str  #: "192.0.2.190/32"
+    route: str  #: the network's --ip-range (or subnet), routed through the shim
+
+
 @dataclass
 class MacvlanState:
     ports: dict[tuple[str, str], MvPort] = field(default_factory=dict)  #: (netns, ifname)
     vlans: set[str] = field(default_factory=set)  #: NAME.VLAN parents meshnet owns
+    shims: dict[str, Shim] = field(default_factory=dict)
+
+
+def shim_name(vni: int) -> str:
+    return f"mn-mvs{vni:06x}"
+
+
+def shim_endpoint_name(node: str) -> str:
+    return f"{node}-shim"
 
 
 def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endpoint],
@@ -36,7 +56,13 @@ def desired(node: str, networks: Mapping[str, Network], endpoints: Iterable[Endp
             out.vlans.add(parent_of(net))
     for ep in endpoints:
         net = networks.get(ep.network)
-        if net is None or not net.macvlan or ep.host != node or not ep.netns or ep.docker:
+        if net is None or not net.macvlan or ep.host != node or ep.docker:
+            continue
+        if not ep.netns:  # this host's shim address on the network
+            if ep.name == shim_endpoint_name(node):
+                name = shim_name(net.vni)
+                out.shims[name] = Shim(name, parent_of(net), f"{ep.ip}/{ep.ip.max_prefixlen}",
+                                       str(net.range))
             continue
         ifname = ep.ifname or "eth0"
         out.ports[(ep.netns, ifname)] = MvPort(
@@ -66,7 +92,17 @@ class DeletePort:
     ifname: str
 
 
-Op = AddVlan | DeleteVlan | AddPort | DeletePort
+@dataclass(frozen=True)
+class AddShim:
+    shim: Shim
+
+
+@dataclass(frozen=True)
+class DeleteShim:
+    name: str
+
+
+Op = AddVlan | DeleteVlan | AddPort | DeletePort | AddShim | DeleteShim
 
 
 def plan(want: MacvlanState, have: MacvlanState) -> list[Op]:
@@ -80,6 +116,10 @@ def plan(want: MacvlanState, have: MacvlanState) -> list[Op]:
             cur = None
         if cur is None:
             ops.append(AddPort(port))
+    for name, shim in sorted(want.shims.items()):
+        if have.shims.get(name) != shim:
+            ops.append(AddShim(shim))  # (re)made: address and route as wanted
     ops += [DeletePort(*key) for key in sorted(have.ports) if key not in want.ports]
+    ops += [DeleteShim(n) for n in sorted(have.shims) if n not in want.shims]
     ops += [DeleteVlan(v) for v in sorted(have.vlans - want.vlans)]
     return ops

@@ -127,3 +127,20 @@ def test_services_on_macvlan_are_dnsrr_and_never_published():
         publish_port(store, {"published": 5432, "target": 5432, "service": "db",
                              "mode": "host"}, 1.0)
     assert store.all("published") == {}
+
+
+def test_shim_from_this_hosts_shim_endpoint_and_its_plan():
+    from meshnet.macvlan.state import AddShim, DeleteShim, Shim, shim_name
+
+    nets = {"lan": lan()}
+    shim_ep = Endpoint(network="lan", ip="192.0.2.150", mac=mac_for(
+        ipaddress.ip_address("192.0.2.150")), host="h1", name="h1-shim")
+    other = Endpoint(network="lan", ip="192.0.2.151", mac=mac_for(
+        ipaddress.ip_address("192.0.2.151")), host="h2", name="h2-shim")
+    want = desired("h1", nets, [shim_ep, other, ep("c1", "192.0.2.130")], lambda n: "eth0")
+    s = Shim(shim_name(4100), "eth0", "192.0.2.150/32", "192.0.2.128/26")
+    assert want.shims == {s.name: s}
+    assert AddShim(s) in plan(want, MacvlanState())
+    have = MacvlanState(dict(want.ports), set(), {s.name: s})
+    assert plan(want, have) == []  # adopted as is
+    assert plan(MacvlanState(), MacvlanState(shims={s.name: s})) == [DeleteShim(s.name)]
