@@ -144,7 +144,8 @@ class Agent:
         self.host = HostPort(node=self.node, prefix=self.prefix, vtep=self.vtep,
                              store=self.store, clock=self.clock, in_kernel=self.in_kernel,
                              gone_hosts=self.gone_hosts, claim=self._claim,
-                             overlay_settled=self._overlay_settled, kick=self._kick_runner)
+                             overlay_settled=self._overlay_settled, kick=self._kick_runner,
+                             macvlan_parent=self.macvlan_parent)
         # serves peers' capture orders from the start; the API calls it for `trace`
         self.tracer = Tracer(self.host)
 

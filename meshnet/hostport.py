@@ -35,3 +35,5 @@ class HostPort:
     overlay_settled: Callable[[float], Awaitable[None]]
     #: ask the named kernel programmer ("lb", "vxlan", ...) to run again soon
     kick: Callable[[str], None]
+    #: this host's parent interface for a macvlan network
+    macvlan_parent: Callable[[Network], str] = lambda net: net.parent

@@ -208,3 +208,23 @@ def test_the_shim_lets_a_host_reach_its_own_macvlan_containers(make_lab):
     wait_until(lambda: "mn-mvs" not in links(lab, "h1"), 10, what="shim removed")
     wait_until(lambda: not [e for e in api(lab, "h2").get("/v1/endpoints")
                             if e["name"] == "h1-shim"], 5, what="the shim address released")
+
+
+def test_trace_walks_the_lan_hop(lan_lab):
+    import json
+    import sys
+
+    lab = lan_lab
+    lab.run("h1", "c1", ["sleep", "3600"], {"network": "lan", "name": "c1", "aliases": []})
+    lab.run("h2", "web", [sys.executable, "-m", "meshnet.testing.traffic", "http", "80", "hi"],
+            {"network": "lan", "name": "web", "aliases": []})
+    web = lab.spec.container_ns("web")
+    wait_until(lambda: "LISTEN" in ns_exec(web, "ss", "-ltn").stdout, 10, what="web listens")
+    r = lab_exec(lab, "h1", "meshnet", "trace", "c1", "web:80", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    hops = {h["name"]: h for h in report["hops"]}
+    assert report["expected"]["lan"] == "eth0"
+    assert hops["lan out"]["ok"] and hops["lan in"]["ok"], report["hops"]
+    assert hops["delivery"]["ok"] and hops["reply"]["ok"], report["hops"]
+    assert report["verdict"]["ok"], report["verdict"]

@@ -142,7 +142,9 @@ def diagnose(exp: Expected, res: Resolution, probe: Probe, seen: list[Seen], fac
     hops.append(_entry_hop(exp, seen, b))
     if b is None:
         return hops
-    if b.local:
+    if exp.lan:
+        hops += _lan_hops(exp, b, seen, reported, down)
+    elif b.local:
         hops.append(_bridge_hop(exp, b, seen))
     else:
         hops.append(_encap_hop(exp, b, seen, facts, down))
@@ -203,6 +205,38 @@ def _entry_hop(exp: Expected, seen: list[Seen], b: Backend | None) -> Hop:
     return Hop("source", expected, s.first_probe or "nothing left SRC", ok,
                f"{exp.node} {s.iface}",
                "" if ok else "the probe never left SRC: missing route or interface down")
+
+
+def _lan_hops(exp: Expected, b: Backend, seen: list[Seen], reported: Mapping[str, str],
+              down: set[str]) -> list[Hop]:
+    """macvlan: the probe leaves on the origin's LAN parent and arrives on the
+    destination's (a local destination is a sibling on the same parent: no LAN hop)."""
+    if b.local:
+        s = _by(seen, b.host, "task")
+        ok = bool(s and s.probe)
+        return [Hop("macvlan", f"{exp.lan} (bridge mode) -> {b.name} on the same parent",
+                    "delivered by the parent's macvlan bridge" if ok else "not delivered",
+                    ok, f"{exp.node} {exp.lan}",
+                    "" if ok else "the parent's macvlan mode keeps siblings apart "
+                                  "(private or vepa without a hairpin switch)")]
+    out, into = _by(seen, exp.node, "lan"), _by(seen, b.host, "lan")
+    leave = Hop("lan out", f"{exp.client} ({exp.src_mac}) -> {b.ip} ({b.mac}) on the LAN "
+                f"through {exp.lan}", (out.first_probe if out else "") or "not seen",
+                bool(out and out.probe), f"{exp.node} {exp.lan}",
+                "" if out and out.probe else f"the probe never left {exp.node}'s {exp.lan}: "
+                                             "macvlan port missing or parent down")
+    if not reported.get(b.host):
+        arrive = Hop("lan in", f"{b.ip} arrives on {b.host}'s LAN parent", "no report",
+                     None if b.host not in down else False, b.host,
+                     f"{b.host} did not answer the capture request")
+    else:
+        ok = bool(into and into.probe)
+        arrive = Hop("lan in", f"{b.ip} arrives on {b.host}'s LAN parent",
+                     (into.first_probe if into else "") or f"nothing arrived at {b.host}",
+                     ok, f"{b.host} {into.iface if into else 'LAN'}",
+                     "" if ok else f"lost on the LAN between {exp.node} and {b.host} "
+                                   "(switch port security, VLAN, or promiscuous mode off)")
+    return [leave, arrive]
 
 
 def _bridge_hop(exp: Expected, b: Backend, seen: list[Seen]) -> Hop:

@@ -32,6 +32,7 @@ class View:
     published: Iterable[PublishedPort] = ()
     vteps: Mapping[str, str] = field(default_factory=dict)  #: node -> VTEP address
     down: Collection[str] = ()  #: hosts gossip considers failed or gone
+    parents: Mapping[str, str] = field(default_factory=dict)  #: macvlan network -> parent
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Expected:
     published: int = 0
     src_mac: str = ""
     exposed: bool = True  #: the service has a rule for port/proto (False: the VIP answers)
+    lan: str = ""  #: macvlan network: the origin host's parent interface ("" = overlay)
 
     @property
     def remote_hosts(self) -> tuple[str, ...]:
@@ -90,7 +92,7 @@ class Expected:
                 "udp_port": VXLAN_PORT, "service": self.service,
                 "backends": [b.to_dict() for b in self.backends],
                 "unhealthy": list(self.unhealthy), "published": self.published,
-                "exposed": self.exposed}
+                "exposed": self.exposed, "lan": self.lan}
 
 
 def find_source(view: View, src: str) -> Endpoint:
@@ -144,13 +146,11 @@ def expected_path(view: View, src: Endpoint, dst_ip: str, port: int | None,
     net = view.networks.get(src.network)
     if net is None:
         raise NotFound(f"network {src.network} of {src.name} is not in the tables")
-    if net.macvlan:
-        raise UserError(f"{src.name} is on macvlan network {net.name}: meshnet trace follows "
-                        "overlay networks only (on macvlan the probe leaves through the "
-                        "host's LAN interface, where meshnet has no hop to check)")
     addr = ipaddress.ip_address(dst_ip)
     base = dict(_common(view, net), client=str(src.ip), dst=str(addr), proto=proto,
                 src_mac=src.mac)
+    if net.macvlan:  # no sandbox, no VXLAN: the probe leaves on the host's LAN interface
+        base.update(sandbox="", vxlan_dev="", lan=view.parents.get(net.name, ""))
     for svc in view.services.values():
         if svc.network == net.name and svc.vip == addr:
             port = _port_for(svc, port, proto)

@@ -171,7 +171,7 @@ def conntrack_forget(ns: str | None, proto: str, marker: int) -> None:
 
 def read_facts(sandbox: str, vxlan_dev: str, src_ns: str | None, src_if: str,
                probe_len: int) -> Facts:
-    if not netns.exists(sandbox):
+    if not sandbox or not netns.exists(sandbox):  # "": a macvlan network has none
         return Facts(sandbox_exists=False, probe_len=probe_len)
     fdb: dict[str, str] = {}
     neigh: dict[str, str] = {}

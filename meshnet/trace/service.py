@@ -160,9 +160,13 @@ class Tracer:
                         inner_v6=ipaddress.ip_address(order.client).version == 6)
         plain = bpf_filter(order.proto, order.marker)
         ul = await self.host.in_kernel(lambda: kernel.underlay_iface(self.host.vtep))
-        points = [Point("underlay", None, ul or "eth0", vx),
-                  Point("sandbox", sandbox_ns(self.host.prefix, order.vni),
-                        vxlan_name(order.vni), plain)]
+        net = self.store.networks().get(order.network)
+        if net is not None and net.macvlan:  # the probe arrives on this host's LAN parent
+            points = [Point("lan", None, self.host.macvlan_parent(net) or ul or "eth0", plain)]
+        else:
+            points = [Point("underlay", None, ul or "eth0", vx),
+                      Point("sandbox", sandbox_ns(self.host.prefix, order.vni),
+                            vxlan_name(order.vni), plain)]
         for e in self.store.endpoints().values():
             if (e.host == self.node and e.netns and e.network == order.network
                     and str(e.ip) in order.tasks):
@@ -205,10 +209,13 @@ class Tracer:
         s = self.store
         down = self.host.gone_hosts()
         vteps = {name: str(n.vtep_addr) for name, n in s.all("vteps").items()}  # type: ignore[attr-defined]
-        return View(node=self.node, prefix=self.host.prefix, networks=s.networks(),
+        nets = s.networks()
+        return View(node=self.node, prefix=self.host.prefix, networks=nets,
                     endpoints=list(s.endpoints().values()), services=s.services(),
                     health=s.all("health"), published=list(s.all("published").values()),  # type: ignore[arg-type]
-                    vteps=vteps, down=down)
+                    vteps=vteps, down=down,
+                    parents={n: self.host.macvlan_parent(net) for n, net in nets.items()
+                             if net.macvlan})
 
     async def trace(self, req: TraceRequest) -> dict[str, Any]:
         tid = secrets.token_hex(8)
@@ -316,7 +323,7 @@ class Tracer:
             for host in orders:
                 self.store.delete(TABLE, entry_key(tid, "capture", host), self.host.clock())
             self.results.pop(tid, None)
-            for ns in {probe_ns, exp.sandbox}:
+            for ns in {probe_ns, exp.sandbox or None}:
                 await asyncio.to_thread(kernel.conntrack_forget, ns, req.proto, marker)
         seen = cap.summaries()
         reported: dict[str, str] = {}
@@ -384,9 +391,12 @@ class Tracer:
             points.append(Point("ingress", None, ingress_link_name(exp.vni), plain))
         else:
             points.append(Point("src", probe_ns, src_if, plain))
-        if exp.remote_hosts or exp.kind != "direct":
+        if exp.lan:
+            if exp.remote_hosts:
+                points.append(Point("lan", None, exp.lan, plain))
+        elif exp.remote_hosts or exp.kind != "direct":
             points.append(Point("sandbox", exp.sandbox, exp.vxlan_dev, plain))
-        if exp.remote_hosts:
+        if exp.remote_hosts and not exp.lan:
             ul = await self.host.in_kernel(lambda: kernel.underlay_iface(self.host.vtep))
             v6 = ipaddress.ip_address(exp.client).version == 6 if exp.client else False
             points.append(Point("underlay", None, ul or "eth0",

@@ -103,14 +103,33 @@ def test_plan_orders_vlans_around_ports_and_replaces_a_changed_mac():
     assert plan(want, MacvlanState({("n1", "eth0"): seen}, {"eth0.42"})) == []
 
 
-def test_trace_says_it_does_not_follow_macvlan():
+def test_trace_expects_the_lan_hop_and_diagnoses_it():
+    from meshnet.trace.diagnose import Facts, Probe, Resolution, diagnose, verdict_of
+    from meshnet.trace.model import Seen
     from meshnet.trace.path import View, expected_path
 
-    src = ep("c1", "192.0.2.130")
-    view = View(node="h1", prefix="mn-", networks={"lan": lan()}, endpoints=[src],
-                services={})
-    with pytest.raises(UserError, match="overlay networks only"):
-        expected_path(view, src, "192.0.2.131", 80, "tcp")
+    src, dst = ep("c1", "192.0.2.130"), ep("c2", "192.0.2.131", host="h2")
+    view = View(node="h1", prefix="mn-", networks={"lan": lan()}, endpoints=[src, dst],
+                services={}, parents={"lan": "eth0"})
+    exp = expected_path(view, src, "192.0.2.131", 80, "tcp")
+    assert (exp.kind, exp.lan, exp.sandbox, exp.remote_hosts) == ("direct", "eth0", "", ("h2",))
+    res = Resolution(name="c2", rcode="NOERROR", answers=("192.0.2.131",),
+                     expected=("192.0.2.131",))
+
+    def hops(seen, reported=None):
+        got = diagnose(exp, res, Probe("connected", 40000), seen, Facts(sandbox_exists=False),
+                       reported if reported is not None else {"h2": "done"})
+        return got, verdict_of(got)
+    good = [Seen("src", "h1", "eth0", 1, 1, "p", "r"), Seen("lan", "h1", "eth0", 1, 1, "p"),
+            Seen("lan", "h2", "eth0", 1, 1, "p"), Seen("task", "h2", "eth0", 1, 1, "p", "r")]
+    got, verdict = hops(good)
+    assert [h.name for h in got] == ["resolution", "source", "lan out", "lan in", "delivery",
+                                     "reply"]
+    assert verdict.ok, verdict
+    lost = [s for s in good if not (s.point == "lan" and s.host == "h2") and s.host == "h1"]
+    got, verdict = hops(lost + [Seen("lan", "h2", "eth0")])
+    bad = next(h for h in got if h.ok is False)
+    assert bad.name == "lan in" and "lost on the LAN between h1 and h2" in bad.cause
 
 
 def test_services_on_macvlan_are_dnsrr_and_never_published():
