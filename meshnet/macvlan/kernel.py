@@ -130,26 +130,15 @@ class MacvlanKernel:
         match op:
             case AddVlan(name=name):
                 self._add_vlan(name)
-            case DeleteVlan(name=name):
-                with netns.ipr(self.host_ns) as ip:
-                    idx = ip.link_lookup(ifname=name)
-                    if idx:
-                        ip.link("del", index=idx[0])
+            case DeleteVlan(name=name) | DeleteShim(name=name):
+                _delete_link(self.host_ns, name)
             case AddPort(port=port):
                 self._add_port(port)
             case AddShim(shim=shim):
                 self._add_shim(shim)
-            case DeleteShim(name=name):
-                with netns.ipr(self.host_ns) as ip:
-                    idx = ip.link_lookup(ifname=name)
-                    if idx:
-                        ip.link("del", index=idx[0])
             case DeletePort(netns=ns, ifname=ifname):
                 if os.path.exists(netns.path_of(ns)):
-                    with netns.ipr(ns) as ip:
-                        idx = ip.link_lookup(ifname=ifname)
-                        if idx:
-                            ip.link("del", index=idx[0])
+                    _delete_link(ns, ifname)
             case _:  # pragma: no cover - a bug
                 raise TypeError(op)
 
@@ -223,3 +212,11 @@ class MacvlanKernel:
             if not any(r.get_attr("RTA_DST") is None and r["dst_len"] == 0
                        for r in c.get_routes(family=2)):
                 c.route("add", dst="0.0.0.0/0", gateway=port.gateway, oif=idx)
+
+
+def _delete_link(ns: str | None, name: str) -> None:
+    """Delete link ``name`` in namespace ``ns`` (None: the agent's) if it is there."""
+    with netns.ipr(ns) as ip:
+        idx = ip.link_lookup(ifname=name)
+        if idx:
+            ip.link("del", index=idx[0])
