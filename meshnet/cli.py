@@ -295,12 +295,6 @@ def cmd_keys_generate(args: argparse.Namespace) -> None:
     print(generate_key())
 
 
-def cmd_lab(args: argparse.Namespace) -> None:
-    from meshnet.lab.cli import dispatch
-
-    dispatch(args)
-
-
 # --- parser -------------------------------------------------------------------------------
 
 

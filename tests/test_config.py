@@ -43,3 +43,17 @@ def test_defaults_and_hostport():
     assert parse_hostport("10.0.0.1", 7, "x") == ("10.0.0.1", 7)
     with pytest.raises(ConfigError):
         parse_hostport("10.0.0.1:99999", 7, "x")
+
+
+def test_macvlan_keys(tmp_path):
+    from meshnet.config import ConfigError, load_config
+
+    f = tmp_path / "c.toml"
+    f.write_text('macvlan-parents = ["lan=eth1", "v=eth0.42"]\nmacvlan-shim = true\n')
+    c = load_config(f, {})
+    assert c.macvlan_parents_map() == {"lan": "eth1", "v": "eth0.42"} and c.macvlan_shim
+    for bad, why in (('["lan"]', "use NET=IFACE"), ('["lan=eth0.9999"]', "1-4094"),
+                     ('["bad name=eth0"]', "network name")):
+        f.write_text(f"macvlan-parents = {bad}\n")
+        with pytest.raises(ConfigError, match=why):
+            load_config(f, {})

@@ -145,13 +145,6 @@ class DnsServer:
     def set_view(self, view: RecordsView) -> None:
         self.responder.set_view(view)
 
-    def set_upstreams(self, upstreams: list[Upstream]) -> None:
-        """Replace the upstream list. Queries in flight with the old list get no answer
-        (clients retry); the forwarded-answer cache starts empty."""
-        self._close_upstreams()
-        self.forwarder = Forwarder(upstreams, self.config)
-        self._open_upstreams()
-
     async def serve(self, udp_sock: socket.socket, tcp_sock: socket.socket | None,
                     scope: Scope) -> ContainerDns:
         """Serve one container on its (already bound, TCP listening) sockets."""

@@ -81,10 +81,6 @@ class DecodeError(PeerError):
 # -- field readers (tolerant like go-msgpack, strict about types) -------------
 
 
-def _get(m: dict, key: bytes) -> Any:
-    return m.get(key)
-
-
 def _uint(m: dict, key: bytes, bits: int = 32) -> int:
     v = m.get(key)
     if v is None:
