@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--encrypt-key", metavar="BASE64",
                    help="gossip encryption key (serf keygen / meshnet keys generate)")
     a.add_argument("--lb", choices=("auto", "ipvs", "iptables", "nftables"),
-                   help="load-balancing backend (default: auto = IPVS if the kernel has it, else iptables)")
+                   help="load-balancing backend (default: auto = iptables; ipvs is unverified "
+                        "against a kernel with ip_vs)")
     a.add_argument("--runtime", choices=("netns", "docker"),
                    help="what containers are: named network namespaces or Docker (default: netns)")
     a.add_argument("--metrics", metavar="ADDR:PORT",

@@ -42,6 +42,8 @@ class LoadBalancing:
         if backend is None:
             backend, self.why = choose_backend(mode, host.prefix,  # type: ignore[arg-type]
                                                probe=lambda: (self.ipvs_ok, self.ipvs_reason))
+            if mode == "ipvs":
+                log.warning("load balancer: %s", self.why)
         else:
             self.why = "injected"
         self.backend = backend

@@ -148,8 +148,10 @@ def test_choose_backend():
     yes = lambda: (True, "")  # noqa: E731
     be, why = choose_backend("auto", "mn-", probe=no)
     assert isinstance(be, IptablesBackend) and "no ip_vs here" in why
-    be, why = choose_backend("auto", "mn-", probe=yes)
-    assert isinstance(be, IpvsBackend)
+    be, why = choose_backend("auto", "mn-", probe=yes)  # a tested backend, not IPVS yet
+    assert isinstance(be, IptablesBackend) and "UNVERIFIED" in why
+    be, why = choose_backend("ipvs", "mn-", probe=yes)
+    assert isinstance(be, IpvsBackend) and "UNVERIFIED" in why
     assert isinstance(choose_backend("iptables", "mn-", probe=yes)[0], IptablesBackend)
     with pytest.raises(ConfigError, match="no IPVS"):
         choose_backend("ipvs", "mn-", probe=no)
