@@ -48,7 +48,7 @@ def installed(tmp_path_factory):
     (work / "reqs.txt").write_text(
         "".join(ln + "\n" for ln in reqs.splitlines()
                 if ln.split("==")[0].lower() in {"pyroute2", "msgpack", "cryptography",
-                                                 "dnslib", "cffi", "pycparser"}))
+                                                 "dnslib", "cffi", "pycparser", "scapy"}))
     run(venv / "bin/pip", "install", "-q", "--disable-pip-version-check", "-r",
         work / "reqs.txt", wheel, cwd=work)
     return work, venv
@@ -61,6 +61,9 @@ def test_wheel_installs_and_runs_an_agent_outside_the_checkout(installed):
     where = run(venv / "bin/python", "-c", "import meshnet; print(meshnet.__file__)",
                 cwd=work, env=env)
     assert where.startswith(str(venv)), where
+    # trace's packet library comes with the package (not only with the dev extras)
+    run(venv / "bin/python", "-c", "from scapy.arch.common import compile_filter",
+        cwd=work, env=env)
     assert run(meshnet, "--version", cwd=work, env=env).startswith("meshnet ")
     out = json.loads(run(meshnet, "install-unit", "--unit-dir", work / "unit", "--config-dir",
                          work / "etc", "--json", cwd=work, env=env))
