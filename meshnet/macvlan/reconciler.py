@@ -36,6 +36,7 @@ class MacvlanReconciler(Reconciler):
         self.clock = clock
         self.pending = pending if pending is not None else set()
         self.known: set[str] = set()  #: namespaces that had a port (to find removals)
+        self.idle = False  #: the last sync found nothing of macvlan, wanted or present
 
     def want(self) -> MacvlanState:
         eps = [e for k, e in self.store.endpoints().items()
@@ -66,11 +67,15 @@ class MacvlanReconciler(Reconciler):
     async def sync(self, full: bool) -> None:
         await self._shim_addresses()
         want = self.want()
+        if self.idle and not full and not (want.ports or want.vlans or want.shims):
+            return  # no macvlan network in use: leave the kernel thread to the others
         look = self.known | {ns for ns, _ in want.ports}
         have = await self.run(lambda: self.kernel.observe(look))
         ops = self.plan(want, have)
         self.last_plan = ops
         self.known = {ns for ns, _ in want.ports}
+        self.idle = not (want.ports or want.vlans or want.shims or have.ports or have.vlans
+                         or have.shims)
         if not ops:
             return
         self.log.info("applying %d macvlan change(s): %s", len(ops),
