@@ -26,13 +26,13 @@ from meshnet.dockerplugin import protocol as p
 from meshnet.dockerplugin.driver import Driver
 from meshnet.errors import UserError
 from meshnet.model import check_name
+from meshnet.runtime.containers import LABEL_SERVICE
 from meshnet.runtime.docker import DockerClient, DockerError, DockerUnavailable
 
 log = logging.getLogger("meshnet.docker")
 FULL_INTERVAL = 30.0
 STALE_AFTER = 20.0  #: an endpoint dockerd has not listed for this long is stale
 ENSURE_INTERVAL = 1.0
-LABEL_SERVICE = "meshnet.service"
 
 
 def endpoint_names(inspect: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...], str]]:
