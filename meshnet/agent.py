@@ -736,12 +736,15 @@ class Agent:
         return self.store.endpoints().get(key)
 
     async def docker_claim(self, net: Network, static: str | None) -> Endpoint:
-        """Claim an address for a Docker endpoint (no kernel object until it is bound)."""
-        async with self._attach_lock:
-            ep = await self._claim(net, static, lambda ip: Endpoint(
-                network=net.name, ip=ip, mac=mac_for(ip), host=self.node,
-                name="ip-" + str(ip).replace(".", "-"), netns=DOCKER_NETNS))
-            self._save_endpoints()
+        """Claim an address for a Docker endpoint (no kernel object until it is bound).
+
+        Claims run side by side (dockerd restarts its restart-always containers in
+        parallel): each one's pick and publish happen with no await between them, so a
+        concurrent claim sees it as taken; only the confirmation wait overlaps."""
+        ep = await self._claim(net, static, lambda ip: Endpoint(
+            network=net.name, ip=ip, mac=mac_for(ip), host=self.node,
+            name="ip-" + str(ip).replace(".", "-"), netns=DOCKER_NETNS))
+        self._save_endpoints()
         return ep
 
     async def docker_put(self, ep: Endpoint) -> None:

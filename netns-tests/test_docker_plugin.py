@@ -318,9 +318,10 @@ def test_agent_restart_with_containers_up(lab):
 
 def test_boot_order_dockerd_up_fast_with_the_plugin_and_slow_without(lab):
     """dockerd restarted cleanly (SIGTERM) with restart-always containers on a meshnet
-    network: with the agent's socket present its API answers within 2 s and the container
-    runs again; with the plugin absent (the agent stopped, no socket) the same dockerd
-    waits for it (the baseline: Docker's 1+2+4+8 s plugin lookup per network)."""
+    network: with the agent's socket present its API answers within 2 s (median of three
+    restarts: one restart on a shared 2-core box is noise) and the container runs again;
+    with the plugin absent (the agent stopped, no socket) the same dockerd waits for it
+    (the baseline: Docker's 1+2+4+8 s plugin lookup per network)."""
     docker(lab, "h1", "network", "rm", "second")  # fewer lookups for the slow baseline
     docker(lab, "h1", "run", "-d", "--restart", "always", "--name", "boot", "--network",
            "appnet", IMAGE, "sleep", "3600")
@@ -334,37 +335,51 @@ def test_boot_order_dockerd_up_fast_with_the_plugin_and_slow_without(lab):
         dockerd.wait(lab.spec, "h1", timeout=120)
         return time.monotonic() - t0
 
-    with_plugin = restart_dockerd()
-    assert with_plugin < 2.0, with_plugin
-    wait_until(lambda: "1 packets received" in sh(lab, "h1", "boot", "ping -c1 -W1 peer"), 20,
-               what="restart-always container back on its meshnet network")
-    # a boot: dockerd and the agent both down; the socket unit listens first, the agent
-    # starts when dockerd connects (systemd-socket-activate: what meshnet.socket does)
-    dockerd.stop(lab.spec, "h1", everything=False)
-    lab.stop_agent("h1")
-    lab.start_agent_socket_activated("h1")
-    assert not os.path.exists(lab.spec.api_socket("h1"))  # only the socket, no agent yet
-    activated = restart_dockerd()
-    assert activated < 2.0, activated
-    wait_until(lambda: "1 packets received" in sh(lab, "h1", "boot", "ping -c1 -W1 peer"), 30,
-               what="restart-always container back after a socket-activated agent")
-    assert "(from systemd)" in agent_log(lab, "h1")
-    dockerd.stop(lab.spec, "h1", everything=False)  # its containers released cleanly
-    lab.stop_agent("h1")
-    os.unlink(dockerd.plugin_socket(lab.spec, "h1"))  # the plugin absent: no socket at all
+    def back(timeout: float = 30) -> None:
+        wait_until(lambda: "1 packets received" in sh(lab, "h1", "boot", "ping -c1 -W1 peer"),
+                   timeout, what="restart-always container back on its meshnet network")
+
     try:
-        without = restart_dockerd()
+        with_plugin = []
+        for _ in range(3):
+            with_plugin.append(restart_dockerd())
+            back()
+        # a boot: dockerd and the agent both down; the socket unit listens first, the agent
+        # starts when dockerd connects (systemd-socket-activate: what meshnet.socket does)
+        activated = []
+        for _ in range(3):
+            dockerd.stop(lab.spec, "h1", everything=False)
+            lab.stop_agent("h1")
+            lab.start_agent_socket_activated("h1")
+            assert not os.path.exists(lab.spec.api_socket("h1"))  # only the socket: no agent
+            activated.append(restart_dockerd())
+            back()
+        assert "(from systemd)" in agent_log(lab, "h1")
+        dockerd.stop(lab.spec, "h1", everything=False)  # its containers released cleanly
+        lab.stop_agent("h1")
+        os.unlink(dockerd.plugin_socket(lab.spec, "h1"))  # the plugin absent: no socket
+        try:
+            without = restart_dockerd()
+        finally:
+            lab.restart_agent("h1")
+        fmt = ", ".join
+        print(f"dockerd API up: {fmt(f'{t:.2f}' for t in with_plugin)} s with the plugin, "
+              f"{fmt(f'{t:.2f}' for t in activated)} s with the socket-activated agent, "
+              f"{without:.2f} s without")
+        assert sorted(with_plugin)[1] < 2.0, with_plugin
+        assert sorted(activated)[1] < 2.0, activated
+        assert without > 10 * sorted(with_plugin)[1]
+        # the plugin is back: the container comes back on the next restart
+        restart_dockerd()
+        back(20)
     finally:
-        lab.restart_agent("h1")
-    print(f"dockerd API up: {with_plugin:.2f} s with the plugin, {activated:.2f} s with the "
-          f"socket-activated agent, {without:.2f} s without")
-    assert without > 10 * with_plugin
-    # the plugin is back: the container comes back on the next restart
-    restart_dockerd()
-    wait_until(lambda: "1 packets received" in sh(lab, "h1", "boot", "ping -c1 -W1 peer"), 20,
-               what="restart-always container back")
-    docker(lab, "h1", "rm", "-f", "boot")
-    docker(lab, "h2", "rm", "-f", "peer")
+        if dockerd.pid(lab.spec, "h1") is None:
+            dockerd.start(lab.spec, "h1")
+            dockerd.wait(lab.spec, "h1", timeout=120)
+        if not lab.agent_running("h1"):
+            lab.restart_agent("h1")
+        docker(lab, "h1", "rm", "-f", "boot", check=False)
+        docker(lab, "h2", "rm", "-f", "peer", check=False)
 
 
 def test_cli_lab_exec_sets_docker_host(lab):

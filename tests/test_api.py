@@ -284,3 +284,30 @@ def test_backend_change_leaves_lb_net_objects_alone(api):
     lb_runner.kick(full=True)
     settle()
     assert len(net.states) == n + 1  # the full sync applies regardless
+
+
+def test_concurrent_docker_claims_overlap_their_waits(api):
+    """dockerd restarts its restart-always containers in parallel: their address claims
+    are all published (distinct addresses) while the first is still waiting, instead of
+    queueing one claim wait after another."""
+    import types
+
+    call, _, agent = api
+    call("POST", "/v1/networks", {"name": "app", "subnet": "10.1.0.0/24"})
+    net = agent.store.networks()["app"]
+    agent.cluster = types.SimpleNamespace(claim_wait=0.2)
+    loop = call.loop
+
+    async def go():
+        tasks = [asyncio.create_task(agent.docker_claim(net, None)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        pending = [e for e in agent.store.endpoints().values() if e.docker]
+        assert len(pending) == 5 and not any(t.done() for t in tasks)
+        return await asyncio.gather(*tasks)
+
+    try:
+        eps = loop.run_until_complete(go())
+    finally:
+        agent.cluster = None
+    assert len({e.ip for e in eps}) == 5
+    assert all(agent.store.endpoints()[e.key] == e for e in eps)

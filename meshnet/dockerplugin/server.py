@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from meshnet.api.http import HttpServer, Request, Response, Router
@@ -66,7 +67,9 @@ class PluginServer:
 
     def _handler(self, method: str):
         async def handle(request: Request) -> Response:
+            t0 = time.monotonic()
             status, answer = await self.driver.handle(method, request.body)
+            log.debug("plugin %s: %d in %.1f ms", method, status, (time.monotonic() - t0) * 1e3)
             return Response(status, json.dumps(answer).encode(),
                             content_type="application/vnd.docker.plugins.v1.2+json")
         return handle
