@@ -94,16 +94,17 @@ def test_external_names_forwarded_even_with_the_first_upstream_dead(cluster):
     assert max(times[1:]) < 0.2, times
 
 
-def test_dead_host_tasks_leave_dns_within_2s(cluster):
+def test_dead_host_tasks_leave_dns_within_2s_of_the_kill(cluster):
+    """The clock starts at the kill: failure detection is part of the 2 s."""
     lab, eps, _ = cluster
-    host_down(lab, "h2")
-    wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h3").get("/v1/members")}
-               .get("h2") == "failed", timeout=15, what="h2 failed")
     t0 = time.monotonic()
+    host_down(lab, "h2")
     wait_until(lambda: short(lab, "c1", "tasks.web") == [eps["web1"]["ip"]] and
-               short(lab, "c1", "db") == [eps["db2"]["ip"]], timeout=5, interval=0.05,
+               short(lab, "c1", "db") == [eps["db2"]["ip"]], timeout=10, interval=0.05,
                what="dead host's tasks gone from DNS")
-    assert time.monotonic() - t0 < 2.0
+    took = time.monotonic() - t0
+    assert {m["name"]: m["state"] for m in api(lab, "h3").get("/v1/members")}["h2"] == "failed"
+    assert took < 2.0, f"{took:.2f} s from the kill"
 
 
 def test_own_port_53_and_truncation(cluster):

@@ -57,6 +57,17 @@ class Serf:
         return (self.lab.spec.state_dir / f"serf-{self.name}.log").read_text(errors="replace")
 
 
+def refused(serf: Serf) -> bool:
+    """The serf agent tried to join and was refused for its key."""
+    return "No installed keys could decrypt the message" in serf.logtext()
+
+
+def rejected_by(lab, host: str, addr: str, reason: str) -> bool:
+    """HOST's agent dropped gossip input from ADDR for REASON (logged once per reason)."""
+    log = (lab.spec.state_dir / f"{host}.log").read_text()
+    return any(f"from ('{addr}'" in line and reason in line for line in log.splitlines())
+
+
 def meshnet_members(lab, host) -> dict[str, str]:
     return {m["name"]: m["state"] for m in api(lab, host).get("/v1/members")}
 
@@ -153,6 +164,13 @@ def test_encrypted_cluster_and_wrong_key_is_kept_out(make_lab, serfs):
         client = ApiClient(sock)
         wait_until(lambda: client.get("/v1/status"), timeout=20, what="intruder agent up")
         client.post("/v1/networks", {"name": "evil", "subnet": "10.66.0.0/24"})
+        # both intruders ran and were refused (not merely absent): their own logs and h1's
+        wait_until(lambda: refused(serfs[1]) and rejected_by(lab, "h1", "192.0.2.5",
+                                                             "decrypt_failed"),
+                   timeout=20, what="the wrong-key serf tried and h1 dropped its packets")
+        wait_until(lambda: rejected_by(lab, "h1", "192.0.2.6", "plaintext_when_encrypted") and
+                   "encrypted_without_key" in (lab.spec.state_dir / "h6.log").read_text(),
+                   timeout=20, what="the keyless agent tried and h1 dropped its packets")
         time.sleep(3)
         for h in MESH:
             assert "h6" not in meshnet_members(lab, h) and "bad1" not in meshnet_members(lab, h)
@@ -224,7 +242,9 @@ def test_key_rotation_keeps_members_and_locks_out_the_old_key(make_lab):
     # a serf agent that only knows the old key cannot join any more
     s = Serf(lab, "h4", "old", join="192.0.2.1", key=k1)
     try:
-        time.sleep(3)
+        wait_until(lambda: refused(s) and rejected_by(lab, "h1", "192.0.2.4", "decrypt_failed"),
+                   timeout=20, what="the old-key serf tried and h1 dropped its packets")
+        time.sleep(1)
         assert "old" not in meshnet_members(lab, "h1")
     finally:
         s.kill()

@@ -77,6 +77,54 @@ def test_cross_host_ping_tcp_and_isolation(three):
             assert ping(lab, "x1", eps[dst]["ip"]).returncode != 0
 
 
+class Capture:
+    """ICMP echo requests arriving on a container's eth0 (incoming only), seen by tcpdump."""
+
+    def __init__(self, lab, ctr: str) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.spec.container_ns(ctr), "tcpdump", "-i", "eth0", "-Q", "in", "-nn",
+             "-l", "icmp[icmptype] == icmp-echo"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> list[str]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        return [line for line in out.splitlines() if line.strip()]
+
+
+def test_same_subnet_networks_isolated_on_the_wire(three):
+    """Packet evidence: with the same addresses on two networks (x2 on 'other' holds c3's
+    address, x3 holds c1's), pings on one network reach exactly their own network's
+    holder of the address; tcpdump in the other network's holder sees none of them."""
+    lab, eps = three
+    body = {"network": "other", "aliases": []}
+    eps["x2"] = lab.run("h1", "x2", ["sleep", "3600"],
+                        {**body, "name": "x2", "ip": eps["c3"]["ip"]})["endpoint"]
+    eps["x3"] = lab.run("h3", "x3", ["sleep", "3600"],
+                        {**body, "name": "x3", "ip": eps["c1"]["ip"]})["endpoint"]
+    converged(lab, 6)
+    caps = {c: Capture(lab, c) for c in ("c1", "c3", "x2", "x3")}
+    try:
+        time.sleep(1.0)  # tcpdump attached
+        assert ping(lab, "c2", eps["c3"]["ip"], count=3).returncode == 0  # app: c2 -> c3
+        assert ping(lab, "x1", eps["x3"]["ip"], count=3).returncode == 0  # other: x1 -> x3
+        assert ping(lab, "x2", eps["x3"]["ip"], count=3).returncode == 0  # other: x2 -> x3
+        time.sleep(0.5)
+    finally:
+        seen = {c: cap.stop() for c, cap in caps.items()}
+    src = {c: eps[c]["ip"] for c in eps}
+
+    def echoes(ctr, sender):
+        return [line for line in seen[ctr] if f"IP {src[sender]} >" in line]
+    assert len(echoes("c3", "c2")) == 3, seen["c3"]
+    assert len(echoes("x3", "x1")) == 3 and len(echoes("x3", "x2")) == 3, seen["x3"]
+    # the same destination address on the other network saw nothing at all
+    assert seen["x2"] == [], seen["x2"]  # holds c3's address on 'other'
+    assert seen["c1"] == [], seen["c1"]  # holds x3's address on 'app'
+
+
 def test_detach_removes_entries_on_every_host_within_1s(three):
     lab, eps = three
     mac = eps["c3"]["mac"]
