@@ -13,6 +13,8 @@ from test_overlay import converged, overlay_setup
 
 from meshnet.lab.lab import RESOLVER_ADDR
 
+BLACK_HOLE = "192.0.2.9"
+
 
 def run(lab, host, name, network, service=None, aliases=()):
     body = {"network": network, "name": name, "aliases": list(aliases)}
@@ -37,8 +39,13 @@ def status(lab, c, *args):
 
 @pytest.fixture
 def cluster(make_lab):
-    lab = make_lab(hosts=3, agent_args=["--dns-upstream", "192.0.2.1",
+    # the first upstream is a black hole: a host that answers ARP and drops everything
+    # (no ICMP, no RST: the forwarder learns nothing but silence)
+    lab = make_lab(hosts=3, agent_args=["--dns-upstream", BLACK_HOLE,
                                         "--dns-upstream", RESOLVER_ADDR])
+    hole = lab.add_bare_host("h9")
+    assert lab.spec.host_addr("h9") == BLACK_HOLE
+    ns_exec(hole, "iptables", "-A", "INPUT", "-j", "DROP", check=True)
     overlay_setup(lab, "app", "10.90.0.0/24")
     overlay_setup(lab, "other", "10.91.0.0/24")
     a = api(lab, "h1")
@@ -83,6 +90,7 @@ def test_names_services_tasks_srv_ptr_and_scope(cluster):
 def test_external_names_forwarded_even_with_the_first_upstream_dead(cluster):
     lab, _, _ = cluster
     ns = lab.spec.container_ns("c1")
+    drops = ns_exec(lab.spec.host_ns("h9"), "iptables", "-nvxL", "INPUT").stdout
     times = []
     for i in range(10):
         t0 = time.monotonic()
@@ -92,6 +100,14 @@ def test_external_names_forwarded_even_with_the_first_upstream_dead(cluster):
     # dig itself (process start) costs ~10 ms; the answer must not wait for the dead one
     assert sorted(times)[len(times) // 2] < 0.1, times
     assert max(times[1:]) < 0.2, times
+    # and the black hole was really asked (its DROP rule counted the queries)
+    after = ns_exec(lab.spec.host_ns("h9"), "iptables", "-nvxL", "INPUT").stdout
+    assert dropped(after) > dropped(drops), (drops, after)
+
+
+def dropped(listing: str) -> int:
+    """Packets counted by the DROP rule of an `iptables -nvxL INPUT` listing."""
+    return sum(int(line.split()[0]) for line in listing.splitlines() if " DROP " in line)
 
 
 def test_dead_host_tasks_leave_dns_within_2s_of_the_kill(cluster):

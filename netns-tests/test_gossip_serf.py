@@ -202,15 +202,22 @@ def test_table_entry_everywhere_and_partition_heal(make_lab):
     api(lab, "h2").post("/v1/networks", {"name": "n0", "subnet": "10.70.0.0/24"})
     wait_until(lambda: all(tables_view(lab, h)[0] == [("n0", tables_view(lab, "h2")[0][0][1])]
                            for h in MESH), what="entry on every agent")
-    # 10 s partition between h1 and h3 (h2 still sees both); writes on both sides
+    # 10 s partition: h3 alone, {h1, h2} on the other side (nobody bridges); writes on
+    # both sides
     partition(lab, "h1", "h3", True)
+    partition(lab, "h2", "h3", True)
     try:
         api(lab, "h1").post("/v1/networks", {"name": "left", "subnet": "10.71.0.0/24"})
         api(lab, "h3").post("/v1/networks", {"name": "right", "subnet": "10.72.0.0/24"})
         api(lab, "h3").delete("/v1/networks/n0")
-        time.sleep(10)
+        time.sleep(10)  # the fault's duration
+        # really apart: neither side has the other's writes
+        for h in ("h1", "h2"):
+            assert [n for n, _ in tables_view(lab, h)[0]] == ["left", "n0"], tables_view(lab, h)
+        assert [n for n, _ in tables_view(lab, "h3")[0]] == ["right"], tables_view(lab, "h3")
     finally:
         partition(lab, "h1", "h3", False)
+        partition(lab, "h2", "h3", False)
     want = tables_view(lab, "h2")
     wait_until(lambda: all(tables_view(lab, h) == tables_view(lab, "h2") for h in MESH),
                timeout=15, what="identical tables after heal")

@@ -27,7 +27,9 @@ def test_ready_only_after_join_and_watchdog(make_lab, tmp_path):
         messages = []
         while not any("READY=1" in m for m in messages):
             messages.append(listener.recv(4096).decode())
-        # READY came after the join: at that moment the agent already saw its peer
+        # READY came after the join: the status sent with READY already counts its peer
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=running: 2 members alive" in ready, ready
         members = {m["name"]: m["state"] for m in api(lab, "h2").get("/v1/members")}
         assert members == {"h1": "alive", "h2": "alive"}, members
         assert api(lab, "h2").get("/v1/status")["synced"] is True

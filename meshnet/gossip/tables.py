@@ -523,9 +523,14 @@ class Tables:
         self._republish_all(now)
 
     def _republish_all(self, now: float) -> None:
+        """Re-put our node-scoped entries above everything seen. Not the cluster-scoped
+        ones: peers never removed those when we went down, and re-putting them would
+        undo deletes other nodes made meanwhile (say, on the other side of a partition)."""
+        scoped = self.config.cluster_tables
         own = [
             e
-            for rows in self._store.values()
+            for table, rows in self._store.items()
+            if table not in scoped
             for e in rows.values()
             if e.owner == self.node and not e.deleted
         ]

@@ -70,11 +70,12 @@ class TableConfig:
 
     @classmethod
     def fast(cls) -> TableConfig:
-        """Short timers for tests and labs on one box."""
+        """Short timers for tests and labs on one box. Tombstones are kept as long as
+        with ``lan()``: a delete made on one side of a partition must outlive the
+        partition (reaped earlier, the other side's live copy comes back on heal)."""
         return cls(
             gossip_interval=0.05,
             push_pull_interval=2.0,
-            reap_interval=10.0,
             down_memory=60.0,
         )
 

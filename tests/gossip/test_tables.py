@@ -126,7 +126,9 @@ def test_member_down_tombstones_and_refuses_until_up() -> None:
     assert t.drain_events() == [TableEvent("create", "t", "k3", b"v", "b")]
     # b republishes when it hears of the tombstone we made (the nudge, just sent).
     (nudge,) = [o for o in t.drain_outbox() if not o.reliable]  # + an up push/pull
-    assert nudge.node == "b" and sent_entries([nudge]) == [tomb("k1", "b", 3, 9000)]
+    # (tombstone made at t=1, sent at t=2: the residual reap time travels with it)
+    left_ms = int((CFG.reap_interval - 1) * 1000)
+    assert nudge.node == "b" and sent_entries([nudge]) == [tomb("k1", "b", 3, left_ms)]
 
 
 def test_held_entries_are_bounded_and_forgotten() -> None:

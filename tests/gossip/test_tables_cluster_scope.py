@@ -65,3 +65,36 @@ def test_any_node_may_delete_a_cluster_entry_and_the_delete_spreads():
     deliver(b, a, 1.0)
     assert a.get("networks", "app") is None
     assert a.metrics.get("republish_all", 0) == 0  # the owner does not fight the delete
+
+
+
+
+def test_a_delete_made_across_a_partition_survives_the_heal():
+    """a, cut off from b, deletes a cluster entry b owns and removes b's node-scoped
+    entries (b is down for it). On the heal b hears of that removal first and
+    republishes its node-scoped entries: that must not re-put the cluster entry above
+    a's delete (the owner's name ranks higher: an equal ltime would go to it)."""
+    a, b = make("a", "b"), make("b", "a")
+    b.put("networks", "n0", b"x", 0.0)
+    b.put("endpoints", "ep", b"e", 0.0)
+    deliver(b, a)
+    assert a.get("networks", "n0") == b"x" and a.get("endpoints", "ep") == b"e"
+    a.member_down("b", 1.0, failed=True)  # the partition, as a sees it
+    assert a.get("endpoints", "ep") is None
+    assert a.delete("networks", "n0", 2.0)
+    a.drain_outbox()  # lost: b is unreachable
+
+    def wire(t: Tables, table: str, key: str) -> WireEntry:
+        e = t.entry(table, key)
+        return WireEntry(table, key, e.owner, e.ltime, e.deleted, e.value, 5000)
+    # the heal: a's first word to b is its tombstone of b's own endpoint (the nudge)
+    b.handle_message("a", gossip(wire(a, "endpoints", "ep")), 3.0)
+    assert b.metrics["republish_all"] == 1 and b.get("endpoints", "ep") == b"e"
+    # then a's delete reaches b, and b's republished entries reach a
+    b.handle_message("a", gossip(wire(a, "networks", "n0")), 3.0)
+    a.member_up("b", 3.0)
+    deliver(b, a, 3.0)
+    deliver(a, b, 3.0)
+    for t in (a, b):
+        assert t.get("networks", "n0") is None, t.node
+        assert t.get("endpoints", "ep") == b"e", t.node

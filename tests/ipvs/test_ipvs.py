@@ -159,9 +159,32 @@ def test_choose_backend():
         choose_backend("nft", "mn-", probe=yes)  # type: ignore[arg-type]
 
 
-def test_ipvs_available_reports_a_reason():
+def test_ipvs_available_reports_a_reason(monkeypatch):
+    """Each way IPVS can be missing gives its own reason; present means no reason."""
+    import pyroute2.ipvs
+
+    from meshnet.ipvs import ipvs as mod
+
+    class NoFamily:
+        def __init__(self):
+            raise OSError(2, "No such file or directory")
+
+    class Family:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(mod.os.path, "exists", lambda p: p != "/proc/net/ip_vs")
+    monkeypatch.setattr(pyroute2.ipvs, "IPVS", NoFamily)
     ok, why = ipvs_available()
-    assert ok or why
+    assert not ok and "/proc/net/ip_vs missing" in why and "generic netlink family" in why
+    monkeypatch.setattr(pyroute2.ipvs, "IPVS", Family)
+    assert ipvs_available() == (False, "/proc/net/ip_vs missing (no ip_vs module in this "
+                                       "kernel)")
+    monkeypatch.setattr(mod.os.path, "exists", lambda p: True)
+    assert ipvs_available() == (True, "")
+    monkeypatch.setattr(pyroute2.ipvs, "IPVS", NoFamily)
+    ok, why = ipvs_available()
+    assert not ok and why.startswith("generic netlink family IPVS")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
