@@ -9,43 +9,91 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from conftest import api, ns_exec, wait_until
 
 from meshnet import netns
 
 
-def _count(ns: str, *cmd: str) -> int:
-    return len([ln for ln in ns_exec(ns, *cmd).stdout.splitlines() if ln.strip()])
+def _lines(ns: str, *cmd: str) -> list[str]:
+    return sorted(ln.strip() for ln in ns_exec(ns, *cmd).stdout.splitlines() if ln.strip())
 
 
-def _fds(pid: int) -> int:
-    # least of a few samples: a gossip TCP stream in flight is not a leak
+def _nft_objects(ns: str) -> list[str]:
+    """Every nftables rule, set/map line and meshnet-owned chain, as "table/chain: line".
+    Empty built-in chains and tables are left out: iptables-nft makes them on a first
+    rule and never removes them (harmless, and no meshnet object)."""
+    out, table, block, lines = [], "", "", []
+    for raw in ns_exec(ns, "nft", "-s", "list", "ruleset").stdout.splitlines():
+        ln = raw.strip()
+        if ln.startswith("table "):
+            table = ln.rstrip(" {")
+        elif ln.startswith(("chain ", "set ", "map ")):
+            block, lines = ln.rstrip(" {"), []
+        elif ln == "}" and block:
+            owned = any(m in block for m in ("MESHNET", "meshnet", "mn-"))
+            if lines or owned or "meshnet" in table:
+                out.append(f"{table}/{block}")
+            out += [f"{table}/{block}: {x}" for x in lines]
+            block = ""
+        elif ln == "}":
+            table = ""
+        elif block and not ln.startswith(("type ", "policy ")):
+            lines.append(ln)
+    return sorted(out)
+
+
+def _links(ns: str) -> list[str]:
+    """Each link by name, kind and peer/master (not ifindex, which churn moves on)."""
     out = []
+    for ln in ns_exec(ns, "ip", "-o", "-d", "link").stdout.splitlines():
+        parts = ln.split()
+        name = parts[1].rstrip(":").split("@")[0]
+        kind = next((parts[i + 1] for i, w in enumerate(parts[:-1]) if w in
+                     ("vxlan", "bridge", "veth", "macvlan", "dummy")), "")
+        master = next((parts[i + 1] for i, w in enumerate(parts[:-1]) if w == "master"), "")
+        out.append(f"{name} {kind} {master}".strip())
+    return sorted(out)
+
+
+def _fds(pid: int) -> list[str]:
+    """The agent's open files by kind (socket, pipe, eventpoll, path); the least busy of a
+    few samples: a gossip TCP stream in flight is not a leak."""
+    samples = []
     for _ in range(5):
-        out.append(len(os.listdir(f"/proc/{pid}/fd")))
+        kinds = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            kinds.append(target.split(":[")[0] if ":[" in target else target)
+        samples.append(sorted(kinds))
         time.sleep(0.2)
-    return min(out)
+    return min(samples, key=len)
 
 
-def snapshot(lab) -> dict[str, int]:
-    snap = {"namespaces": len([n for n in netns.list_netns() if lab.spec.name in n])}
+def snapshot(lab) -> dict[str, object]:
+    """Everything meshnet owns, by identity: namespaces, links, every nftables object
+    (iptables-nft rules included, so MESHNET chains too), FDB and neighbour entries,
+    and the agent's open files."""
+    snap: dict[str, object] = {
+        "namespaces": sorted(n for n in netns.list_netns() if lab.spec.name in n)}
+    spaces = [lab.spec.host_ns(h) for h in lab.spec.host_names]
+    spaces += [n for n in netns.list_netns() if "-ov-" in n and lab.spec.name in n]
+    for ns in spaces:
+        snap[f"{ns} links"] = _links(ns)
+        snap[f"{ns} nft"] = _nft_objects(ns)
+        snap[f"{ns} fdb"] = _lines(ns, "bridge", "fdb", "show", "permanent")
+        snap[f"{ns} neigh"] = _lines(ns, "ip", "neigh", "show", "nud", "permanent")
     for h in lab.spec.host_names:
-        ns = lab.spec.host_ns(h)
-        snap[f"{h} links"] = _count(ns, "ip", "-o", "link")
-        snap[f"{h} rules"] = len([ln for ln in ns_exec(ns, "iptables-save").stdout.splitlines()
-                                  if "MESHNET" in ln])
         snap[f"{h} fds"] = _fds(lab.agent_pid(h))
-    for sb in [n for n in netns.list_netns() if "-ov-" in n and lab.spec.name in n]:
-        snap[f"{sb} fdb+neigh"] = (_count(sb, "bridge", "fdb", "show", "permanent")
-                                   + _count(sb, "ip", "neigh", "show", "nud", "permanent"))
-        snap[f"{sb} links"] = _count(sb, "ip", "-o", "link")
-        snap[f"{sb} rules"] = len([ln for ln in ns_exec(sb, "iptables-save").stdout.splitlines()
-                                   if "MESHNET" in ln])
     return snap
 
 
-def test_attach_detach_and_service_churn_leave_nothing(make_lab):
-    lab = make_lab(hosts=3)
+@pytest.mark.parametrize("lb", ["iptables", "nftables"])
+def test_attach_detach_and_service_churn_leave_nothing(make_lab, lb):
+    lab = make_lab(hosts=3, agent_args=["--lb", lb])
     a = api(lab, "h1")
     a.post("/v1/networks", {"name": "app", "subnet": "10.141.0.0/20"})
     a.post("/v1/services", {"name": "keep", "network": "app", "ports": ["80/tcp"]})
@@ -56,6 +104,10 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab):
                            for h in lab.spec.host_names), what="first endpoint everywhere")
     time.sleep(1)
     before = snapshot(lab)
+    # the snapshot sees meshnet's objects (keep's LB rules, its FDB entries elsewhere)
+    nft = [x for k, v in before.items() if k.endswith(" nft") for x in v]
+    assert any("MESHNET" in x or "meshnet" in x for x in nft), nft
+    assert any(v for k, v in before.items() if k.endswith(" fdb")), before
     names = {h: [lab.spec.container_ns(f"{h}x{i}") for i in range(3)] for h in lab.spec.host_names}
     for nss in names.values():
         for ns in nss:
@@ -91,8 +143,12 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab):
         wait_until(same, timeout=40, interval=2, what="everything back to the start")
     except AssertionError:
         after = snapshot(lab)
-        diff = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
-                if before.get(k) != after.get(k)}
+        diff = {}
+        for k in before.keys() | after.keys():
+            b, a_ = before.get(k) or [], after.get(k) or []
+            if b != a_:
+                diff[k] = {"gone": [x for x in b if x not in a_],
+                           "new": [x for x in a_ if x not in b]}
         raise AssertionError(f"churn left objects behind: {diff}") from None
     # and the cluster still works: one endpoint (keep) everywhere, the service alive
     for h in lab.spec.host_names:
