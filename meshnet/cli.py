@@ -290,7 +290,9 @@ def cmd_install_unit(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> None:
-    from meshnet.keys import generate_key
+    # The keyring's generator (os.urandom), not meshnet.keys: the model imports that
+    # module, and the model stays sans-IO.
+    from meshnet.gossip.security import generate_key
 
     print(generate_key())
 

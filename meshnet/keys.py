@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 
 from meshnet.errors import ConfigError
 
@@ -18,8 +17,3 @@ def decode_key(text: str) -> bytes:
     if len(key) not in (16, 24, 32):
         raise ConfigError(f"invalid encrypt key: {len(key)} bytes, must be 16, 24 or 32")
     return key
-
-
-def generate_key() -> str:
-    """A fresh AES-256 key, base64, interchangeable with `serf keygen`."""
-    return base64.b64encode(os.urandom(32)).decode()

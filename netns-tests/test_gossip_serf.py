@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import api, lab_exec, ns_exec, wait_until
 
-from meshnet.keys import generate_key
+from meshnet.gossip.security import generate_key
 
 pytestmark = pytest.mark.skipif(shutil.which("serf") is None, reason="serf is not installed")
 

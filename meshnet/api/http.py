@@ -1,10 +1,11 @@
 """A small HTTP/1.1 server for the agent's local API and its metrics page.
 
 Why not aiohttp: the agent serves a handful of JSON routes on a unix socket (and one
-text page on TCP for Prometheus); aiohttp brought ~240 modules and ~25 MB of resident
-memory into every agent for that. This module is the part of HTTP the API needs:
-request line and headers, ``Content-Length`` bodies (no chunked uploads), keep-alive,
-path parameters (``/v1/services/{name}``), query strings, and clear JSON errors.
+text page on TCP for Prometheus), and aiohttp brought a large import tree and its
+resident memory into every agent for that (``tests/test_footprint.py`` keeps it out).
+This module is the part of HTTP the API needs: request line and headers,
+``Content-Length`` bodies (no chunked uploads), keep-alive, path parameters
+(``/v1/services/{name}``), query strings, and clear JSON errors.
 
 The request parser (:func:`parse_head`) is sans-IO; :class:`HttpServer` is the asyncio
 adapter (one task per connection, bounded head and body sizes, idle timeout).

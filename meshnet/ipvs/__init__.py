@@ -11,9 +11,10 @@ iptables (default)  ``rules`` (LbState -> iptables chains, pure), ``iptables`` (
                     observe, apply via one ``iptables-restore --noflush`` per
                     namespace; conntrack helper), ``commitack`` (restore, then wait
                     for the kernel's commit)
-nftables            ``nftrules`` (LbState -> nftables maps, pure), ``nftables``
-                    (apply), ``nftnl`` (map elements over netlink): a backend change
-                    is a few map elements, whatever the size of the table
+nftables            ``nftrules`` (LbState -> nftables maps, pure), ``nftnl`` (map
+                    elements as netlink batches, pure), ``nftables`` (apply:
+                    ``nft -f`` and the element batches): a backend change is a few
+                    map elements, whatever the size of the table
 IPVS                ``ipvs`` (fwmark IPVS services over generic netlink;
                     ``ipvs_available()``: this kernel may have none)
 the interface       ``backend`` (``LbBackend``, ``choose_backend`` for ``--lb``)

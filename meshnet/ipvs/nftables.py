@@ -6,12 +6,17 @@ Same contract as the other backends (observe / plan / apply / cleanup). A plan i
 structure, then element changes over netlink) plus the iptables transactions of the host
 namespace (and the removal of iptables load-balancing chains a previous ``--lb iptables``
 run left in sandboxes). ``nft list`` is read only on full syncs and at start; between
-them the backend trusts what it applied, as the iptables backend does.
+them the backend trusts what it applied, as the iptables backend does. Element changes
+are encoded by :mod:`meshnet.ipvs.nftnl` (sans-IO) and sent by :class:`ElementWriter`.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshnet import netns
@@ -19,7 +24,7 @@ from meshnet.errors import ConfigError, KernelError
 from meshnet.ipvs.commitack import run_plain
 from meshnet.ipvs.iptables import IptablesBackend, Observed, Restore
 from meshnet.ipvs.iptables import plan as ipt_plan
-from meshnet.ipvs.nftnl import ElementWriter
+from meshnet.ipvs.nftnl import NETLINK_NETFILTER, SetChange, acks, batch
 from meshnet.ipvs.nftrules import (
     TABLE,
     NftMemo,
@@ -46,6 +51,92 @@ class NftPlan:
 
     def __bool__(self) -> bool:
         return bool(self.tables or self.rules)
+
+
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+SO_SNDBUFFORCE = 32
+
+
+class ElementWriter:
+    """One netlink socket per namespace, opened there once and kept (a socket's close
+    after a commit waits for an RCU grace period; an open one never does). A namespace
+    that was removed and made again under the same name gets a new socket."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._socks: dict[str, tuple[socket.socket, tuple[int, int]]] = {}
+        self._seq = 1
+
+    def _sock(self, ns: str) -> socket.socket:
+        ident = _ident(ns)  # FileNotFoundError: no such namespace (the caller skips it)
+        have = self._socks.get(ns)
+        if have is not None and have[1] == ident:
+            return have[0]
+        if have is not None:
+            have[0].close()
+        s = netns.open_in(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                                    NETLINK_NETFILTER))
+        s.settimeout(self.timeout)
+        s.bind((0, 0))
+        s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without our request echoed
+        self._socks[ns] = (s, ident)
+        return s
+
+    def write(self, ns: str, table: str, changes: Sequence[SetChange]) -> None:
+        """Apply ``changes`` in one transaction; a refused one raises KernelError (the
+        kernel rolled all of it back)."""
+        if not any(c.delete or c.add for c in changes):
+            return
+        s = self._sock(ns)
+        first = self._seq
+        data, last = batch(table, changes, first)
+        self._seq = (last + 2) & 0x3FFFFFFF or 1
+        try:
+            _room(s, len(data))
+            s.send(data)
+            failed: list[int] = []
+            done = False
+            while not done:
+                for seq, err in acks(s.recv(1 << 16)):
+                    if first <= seq <= last:
+                        if err:
+                            failed.append(err)
+                        done = done or seq in (first, last)
+        except (OSError, ValueError) as exc:
+            self.close(ns)  # unknown state: a fresh socket next time
+            raise KernelError(f"nftables elements in {ns}: {exc}") from exc
+        if failed:
+            raise KernelError(f"nftables elements in {ns}: {os.strerror(failed[0])} "
+                              f"({errno.errorcode.get(failed[0], failed[0])})")
+
+    def close(self, ns: str | None = None) -> None:
+        for name in ([ns] if ns is not None else list(self._socks)):
+            have = self._socks.pop(name, None)
+            if have is not None:
+                have[0].close()
+
+    def keep(self, namespaces: Iterable[str]) -> None:
+        """Close the sockets of namespaces not in ``namespaces``."""
+        keep = set(namespaces)
+        for ns in [n for n in self._socks if n not in keep]:
+            self.close(ns)
+
+
+def _room(s: socket.socket, size: int) -> None:
+    """A batch is one datagram: the send buffer must hold it (a full sync of 1,000
+    services is ~1 MB). Root may force it past ``wmem_max``."""
+    if s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * size + 4096:
+        return
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size + 4096)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size + 4096)
+
+
+def _ident(ns: str) -> tuple[int, int]:
+    st = os.stat(netns.path_of(ns))
+    return (st.st_dev, st.st_ino)
 
 
 class NftRunner:

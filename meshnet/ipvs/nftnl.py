@@ -4,10 +4,11 @@ A backend change under ``--lb nftables`` is a change of set elements only (the r
 never change with backends, see :mod:`meshnet.ipvs.nftrules`). ``nft`` would do it in a
 fresh process that first reads the table back (its cache: every chain, rule and interval
 set, so its cost grows with the table) and whose exit waits for an RCU grace period; this
-module sends the elements itself, in one batch (one atomic transaction) on one netlink
-socket per namespace kept open by :class:`ElementWriter`.
+module builds the elements itself, in one batch (one atomic transaction), and
+:class:`meshnet.ipvs.nftables.ElementWriter` sends it on one netlink socket per namespace
+kept open.
 
-Sans-IO part (pure, unit-tested byte for byte against what ``nft --debug=netlink``
+This module is sans-IO (unit-tested byte for byte against what ``nft --debug=netlink``
 sends): :func:`batch` builds ``NFNL_MSG_BATCH_BEGIN``, ``NFT_MSG_DELSETELEM`` /
 ``NFT_MSG_NEWSETELEM`` messages (at most ``CHUNK`` elements each: a netlink attribute
 holds at most 64 KiB) and ``NFNL_MSG_BATCH_END``; :func:`acks` reads the kernel's answers.
@@ -17,15 +18,9 @@ created by ``nft -f`` (rare: a service added or removed).
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from meshnet import netns
-from meshnet.errors import KernelError
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -48,9 +43,6 @@ NFTA_SET_ELEM_FLAGS = 3
 NFTA_DATA_VALUE = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 AF_INET = 2
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-SO_SNDBUFFORCE = 32
 CHUNK = 256  #: elements per message (each < 64 bytes encoded: well under 64 KiB)
 
 
@@ -99,7 +91,7 @@ def _nested(kind: int, parts: Iterable[bytes]) -> bytes:
 
 def _msg(kind: int, flags: int, seq: int, body: bytes, family: int = AF_INET,
          res_id: int = 0) -> bytes:
-    payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
+    payload = struct.pack(">BBH", family, 0, res_id) + body  # res_id: network order
     return struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0) + payload
 
 
@@ -162,13 +154,27 @@ def u32(v: int) -> bytes:
     return struct.pack(">I", v)
 
 
+_OCTET = {str(i): i for i in range(256)}
+
+
+def v4(ip: str) -> bytes:
+    """A dotted-quad IPv4 address (as ``str(IPv4Address)`` writes it) as 4 bytes; anything
+    else raises ValueError. Octets by dict: cheaper than ``ipaddress``, and a full sync
+    encodes one address per backend."""
+    try:
+        a, b, c, d = ip.split(".")
+        return bytes((_OCTET[a], _OCTET[b], _OCTET[c], _OCTET[d]))
+    except (ValueError, KeyError):
+        raise ValueError(f"not an IPv4 address: {ip!r}") from None
+
+
 def addr_port(ip: str, port: int) -> bytes:
     """``ip daddr . th dport`` map data: 4 address bytes, the port big endian, padded."""
-    return socket.inet_aton(ip) + struct.pack(">H", port) + b"\0\0"
+    return v4(ip) + struct.pack(">H", port) + b"\0\0"
 
 
 def addr_pair(a: str, b: str) -> bytes:
-    return socket.inet_aton(a) + socket.inet_aton(b)
+    return v4(a) + v4(b)
 
 
 def chunked(elems: Sequence[bytes]) -> tuple[bytes, ...]:
@@ -184,84 +190,3 @@ def ranges_elems(ranges: Iterable[tuple[int, int, str, int]]) -> tuple[bytes, ..
         out.append(Elem(u32(lo), addr_port(ip, port)).encode())
         out.append(Elem(u32(hi + 1), None, True).encode())
     return chunked(out)
-
-
-class ElementWriter:
-    """One netlink socket per namespace, opened there once and kept (a socket's close
-    after a commit waits for an RCU grace period; an open one never does). A namespace
-    that was removed and made again under the same name gets a new socket."""
-
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-        self._socks: dict[str, tuple[socket.socket, tuple[int, int]]] = {}
-        self._seq = 1
-
-    def _sock(self, ns: str) -> socket.socket:
-        ident = _ident(ns)  # FileNotFoundError: no such namespace (the caller skips it)
-        have = self._socks.get(ns)
-        if have is not None and have[1] == ident:
-            return have[0]
-        if have is not None:
-            have[0].close()
-        s = netns.open_in(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                                    NETLINK_NETFILTER))
-        s.settimeout(self.timeout)
-        s.bind((0, 0))
-        s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without our request echoed
-        self._socks[ns] = (s, ident)
-        return s
-
-    def write(self, ns: str, table: str, changes: Sequence[SetChange]) -> None:
-        """Apply ``changes`` in one transaction; a refused one raises KernelError (the
-        kernel rolled all of it back)."""
-        if not any(c.delete or c.add for c in changes):
-            return
-        s = self._sock(ns)
-        first = self._seq
-        data, last = batch(table, changes, first)
-        self._seq = (last + 2) & 0x3FFFFFFF or 1
-        try:
-            _room(s, len(data))
-            s.send(data)
-            failed: list[int] = []
-            done = False
-            while not done:
-                for seq, err in acks(s.recv(1 << 16)):
-                    if first <= seq <= last:
-                        if err:
-                            failed.append(err)
-                        done = done or seq in (first, last)
-        except (OSError, ValueError) as exc:
-            self.close(ns)  # unknown state: a fresh socket next time
-            raise KernelError(f"nftables elements in {ns}: {exc}") from exc
-        if failed:
-            raise KernelError(f"nftables elements in {ns}: {os.strerror(failed[0])} "
-                              f"({errno.errorcode.get(failed[0], failed[0])})")
-
-    def close(self, ns: str | None = None) -> None:
-        for name in ([ns] if ns is not None else list(self._socks)):
-            have = self._socks.pop(name, None)
-            if have is not None:
-                have[0].close()
-
-    def keep(self, namespaces: Iterable[str]) -> None:
-        """Close the sockets of namespaces not in ``namespaces``."""
-        keep = set(namespaces)
-        for ns in [n for n in self._socks if n not in keep]:
-            self.close(ns)
-
-
-def _room(s: socket.socket, size: int) -> None:
-    """A batch is one datagram: the send buffer must hold it (a full sync of 1,000
-    services is ~1 MB). Root may force it past ``wmem_max``."""
-    if s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * size + 4096:
-        return
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size + 4096)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size + 4096)
-
-
-def _ident(ns: str) -> tuple[int, int]:
-    st = os.stat(netns.path_of(ns))
-    return (st.st_dev, st.st_ino)

@@ -1,9 +1,10 @@
 """A minimal HTTP/1.1 client over a unix socket, for the Docker Engine API.
 
-Why not aiohttp: it was the agent's only user of aiohttp, which costs every agent ~25 MB
-of resident memory (issue 10's budget is 60 MB). The Engine API needs little: GET,
-a ``Content-Length`` or ``chunked`` body, and one long streamed body (``/events``,
-newline-delimited JSON in chunks). One connection per request (``Connection: close``).
+Why not aiohttp: it was the agent's only user of aiohttp, whose resident memory every
+agent paid (issue 10's budget is 60 MB; ``tests/test_footprint.py`` keeps aiohttp out).
+The Engine API needs little: GET, a ``Content-Length`` or ``chunked`` body, and one long
+streamed body (``/events``, newline-delimited JSON in chunks). One connection per request
+(``Connection: close``).
 
 :class:`ChunkDecoder` is sans-IO (bytes in, body bytes out); :class:`Response` is the
 asyncio side.

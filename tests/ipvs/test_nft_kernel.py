@@ -16,8 +16,8 @@ import pytest
 from meshnet import netns
 from meshnet.errors import KernelError
 from meshnet.ipvs.iptables import CommandRunner, IptablesBackend
-from meshnet.ipvs.nftables import NftBackend
-from meshnet.ipvs.nftnl import ElementWriter, SetChange, ranges_elems
+from meshnet.ipvs.nftables import ElementWriter, NftBackend
+from meshnet.ipvs.nftnl import SetChange, ranges_elems
 from meshnet.ipvs.nftrules import TABLE, _range
 from meshnet.ipvs.planner import desired
 from meshnet.ipvs.rules import HOST

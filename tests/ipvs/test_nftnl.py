@@ -116,3 +116,16 @@ def test_acks_never_raises_anything_but_valueerror(buf):
         acks(buf)
     except ValueError:
         pass
+
+
+@given(st.integers(0, 2 ** 32 - 1))
+def test_v4_is_inet_aton_for_every_address(n):
+    ip = socket.inet_ntoa(n.to_bytes(4, "big"))
+    assert nftnl.v4(ip) == socket.inet_aton(ip)
+
+
+@pytest.mark.parametrize("bad", ["", "10.0.0", "10.0.0.256", "10.0.0.01", "10.0.0.1.2",
+                                 "::1", "a.b.c.d", "10.0.0.-1"])
+def test_v4_refuses_what_is_not_a_dotted_quad(bad):
+    with pytest.raises(ValueError):
+        nftnl.v4(bad)

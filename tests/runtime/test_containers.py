@@ -136,15 +136,6 @@ def test_plan_applied_then_planned_again_is_empty(want_keys, seen_keys, owned_ke
 
 
 def test_the_planner_is_sans_io():
-    import ast
-    from pathlib import Path
+    from tests.sansio import violations
 
-    import meshnet.runtime.containers as mod
-
-    tree = ast.parse(Path(mod.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
-                 if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"asyncio", "os", "socket", "time", "aiohttp", "subprocess",
-                           "pyroute2"}, imported
+    assert violations("meshnet.runtime.containers") == []  # aiohttp is forbidden too

@@ -1,13 +1,14 @@
-"""The Engine API client against a small aiohttp server on a unix socket in tmp_path."""
+"""The Engine API client against a small fake dockerd on a unix socket in tmp_path."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 
 import pytest
-from aiohttp import web
 
+from meshnet.api.http import Request, parse_head
 from meshnet.runtime.docker import (
     DockerClient,
     DockerError,
@@ -28,41 +29,66 @@ def test_negotiate_refuses_an_ancient_daemon():
 
 
 class Daemon:
+    """A fake dockerd on a unix socket: one request per connection (the client sends
+    ``Connection: close``), answers with a ``Content-Length`` body, ``/events`` as a
+    chunked stream that ends when ``release`` is set."""
+
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.release = asyncio.Event()
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/_ping", self.ping)
-        app.router.add_get("/v1.41/containers/json", self.containers)
-        app.router.add_get("/v1.41/containers/{id}/json", self.inspect)
-        app.router.add_get("/v1.41/events", self.events)
-        return app
+    async def start(self, path: str) -> asyncio.AbstractServer:
+        return await asyncio.start_unix_server(self.serve, path)
 
-    async def ping(self, request):
-        return web.Response(text="OK", headers={"Api-Version": "1.41"})
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            req = parse_head(await reader.readuntil(b"\r\n\r\n"))
+            assert req.method == "GET", req.method
+            if req.path == "/v1.41/events":
+                await self.events(req, writer)
+            else:
+                status, body, headers = self.answer(req)
+                writer.write(_head(status, headers + [("Content-Length", str(len(body)))])
+                             + body)
+            await writer.drain()
+        finally:
+            writer.close()
 
-    async def containers(self, request):
-        self.seen.append(f"all={request.query['all']} filters={request.query.get('filters')}")
-        return web.json_response([{"Id": "a", "Names": ["/one"], "State": "running"}])
+    def answer(self, req: Request) -> tuple[int, bytes, list[tuple[str, str]]]:
+        if req.path == "/_ping":
+            return 200, b"OK", [("Content-Type", "text/plain"), ("Api-Version", "1.41")]
+        if req.path == "/v1.41/containers/json":
+            self.seen.append(f"all={req.query['all']} filters={req.query.get('filters')}")
+            return _json([{"Id": "a", "Names": ["/one"], "State": "running"}])
+        parts = req.path.split("/")  # /v1.41/containers/ID/json
+        if len(parts) == 5 and parts[2] == "containers" and parts[4] == "json":
+            if parts[3] == "missing":
+                return _json({"message": "No such container: missing"}, 404)
+            if parts[3] == "broken":
+                return _json({"message": "boom"}, 500)
+            return _json({"Id": parts[3]})
+        return _json({"message": f"page not found: {req.path}"}, 404)
 
-    async def inspect(self, request):
-        if request.match_info["id"] == "missing":
-            return web.json_response({"message": "No such container: missing"}, status=404)
-        if request.match_info["id"] == "broken":
-            return web.json_response({"message": "boom"}, status=500)
-        return web.json_response({"Id": request.match_info["id"]})
-
-    async def events(self, request):
-        self.seen.append(f"events {json.loads(request.query['filters'])}")
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        await resp.write(b'{"Action":"start","Actor":{"ID":"a"}}\n')
-        await resp.write(b"not json\n\n[1,2]\n")
-        await resp.write(b'{"Action":"die","Actor":{"ID":"a"}}\n')
+    async def events(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        self.seen.append(f"events {json.loads(req.query['filters'])}")
+        writer.write(_head(200, [("Content-Type", "application/json"),
+                                 ("Transfer-Encoding", "chunked")]))
+        for part in (b'{"Action":"start","Actor":{"ID":"a"}}\n', b"not json\n\n[1,2]\n",
+                     b'{"Action":"die","Actor":{"ID":"a"}}\n'):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
         await self.release.wait()
-        return resp  # closes the stream: dockerd went away
+        writer.write(b"0\r\n\r\n")  # the end of the stream: dockerd went away
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _json(data, status: int = 200) -> tuple[int, bytes, list[tuple[str, str]]]:
+    return status, json.dumps(data).encode(), [("Content-Type", "application/json")]
 
 
 def test_client_against_a_fake_daemon(tmp_path):
@@ -70,10 +96,7 @@ def test_client_against_a_fake_daemon(tmp_path):
 
     async def main():
         daemon = Daemon()
-        runner = web.AppRunner(daemon.app())
-        await runner.setup()
-        site = web.UnixSite(runner, sock)
-        await site.start()
+        server = await daemon.start(sock)
         client = DockerClient(sock, timeout=5)
         try:
             assert await client.ping() == "1.41"
@@ -96,7 +119,8 @@ def test_client_against_a_fake_daemon(tmp_path):
             await stream.close()
         finally:
             await client.close()
-            await runner.cleanup()
+            server.close()
+            await server.wait_closed()
         # the daemon is gone: every call says so
         with pytest.raises(DockerUnavailable, match="cannot reach dockerd"):
             await client.events({})
