@@ -41,11 +41,12 @@ def dockerd():
     """A dockerd for the session: started here and stopped at the end, unless one was
     already running (e.g. started by .ci/run); restartable if scripts/dockerd.sh owns it."""
     if not shutil.which("docker") or not shutil.which("dockerd"):
-        pytest.skip("docker CLI or dockerd missing (apt-get install docker.io)")
+        pytest.fail("docker CLI or dockerd missing (apt-get install docker.io; `make test` "
+                    "installs it)")
     was_running = script("status").returncode == 0
     r = script("start")
     if r.returncode != 0:
-        pytest.skip(f"cannot start dockerd: {r.stderr.strip().splitlines()[-1:]}")
+        pytest.fail(f"cannot start dockerd: {r.stderr.strip().splitlines()[-1:]}")
     yield {"ours": script("owned").returncode == 0}
     if not was_running:
         script("stop")

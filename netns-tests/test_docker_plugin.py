@@ -23,8 +23,6 @@ from meshnet.lab import dockerd
 from meshnet.lab.lab import Lab
 from meshnet.lab.topology import LabSpec
 
-pytestmark = pytest.mark.skipif(not shutil.which("dockerd") or not shutil.which("busybox"),
-                                reason="needs docker.io and busybox-static")
 IMAGE = dockerd.IMAGE
 NET = {"h1": "appnet", "h2": "appnet-h2"}  #: appnet's Docker network on each host
 HTTPD = 'echo "hello from $(hostname)" > /tmp/index.html; exec httpd -f -p 80 -h /tmp'
@@ -32,6 +30,9 @@ HTTPD = 'echo "hello from $(hostname)" > /tmp/index.html; exec httpd -f -p 80 -h
 
 @pytest.fixture(scope="module")
 def lab():
+    if not shutil.which("dockerd") or not shutil.which("busybox"):  # `make test` installs both
+        pytest.fail("needs docker.io and busybox-static (apt-get install docker.io "
+                    "busybox-static)")
     lab = Lab(LabSpec(name=unique(), hosts=2, docker=True))
     SHARED_LABS.add(lab.spec.ns_prefix)
     try:

@@ -92,5 +92,5 @@ def test_forwarder_survives_garbage_replies(q, junk):
 @pytest.mark.slow
 @settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(mutated(), st.binary(max_size=600)))
-def test_large_run(data):  # pytest -m slow tests/dns
+def test_large_run(data):  # in make test; pytest -m "not slow" skips it
     _check(Responder(DnsConfig(), VIEW), data)
