@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 APT_PKGS := iproute2 iputils-ping procps psmisc iptables nftables conntrack ipvsadm serf \
             dnsmasq-base dnsutils dnsperf iperf3 busybox-static tcpdump curl socat wrk docker.io
+# for `make bench` only (the mesh benchmark's server, the DNS anchor); not started
+BENCH_PKGS := nginx-light unbound
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv lint unit netns test demo bench clean-lab help
@@ -55,6 +57,12 @@ demo: deps
 	@bash scripts/demo.sh
 
 bench: deps
+	@for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || { \
+	  echo "installing $$p (not started: policy-rc.d)"; \
+	  test -e /usr/sbin/policy-rc.d || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	    chmod +x /usr/sbin/policy-rc.d; touch .policy-rc-ours; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p >/dev/null; \
+	  if test -e .policy-rc-ours; then rm -f /usr/sbin/policy-rc.d .policy-rc-ours; fi; }; done
 	$(PY) -m bench.run
 
 clean-lab: venv

@@ -1,17 +1,23 @@
-"""Gossip: failure detection, steady-state stability, table convergence and traffic, each
-side by side with real `serf` 0.9.4 agents (LAN profile, what `serf agent` runs by
-default) in the same run, on the same lab underlay.
+"""Gossip: failure detection, idle traffic and steady-state stability of meshnet's presets,
+side by side with real `serf` 0.9.4 agents (LAN profile, what `serf agent` runs by default)
+in the same run, on the same lab underlay, timed the same way.
 
-* Failure detection: N processes, one `kill -9`, time until every other node marks it
-  failed. meshnet: the agents' "member X failed" log lines (ms timestamps); serf: a
-  `member-failed` event handler writing `date +%s.%N`.
-* Steady state: N=20 meshnet agents for ``MESHNET_BENCH_STEADY`` seconds (default 300)
-  with both cores kept busy by two spinning processes; every failed probe (a suspicion)
-  and every false failure is counted from the agents' metrics.
-* Table convergence: an entry written on one of N=20 agents, time until all hold it
-  (API polled in parallel), and the same at N=1000 in the deterministic simulator.
-* Traffic: bytes sent per node per second by an idle N=20 cluster (underlay interface
-  counters), meshnet vs serf.
+* Failure detection: N processes, one `kill -9`, time until every other node has
+  declared it failed. Both sides are stamped at the declaration: meshnet by the agents'
+  "member X failed" log lines (ms timestamps), serf by its "EventMemberFailed" log lines
+  stamped as they arrive on the agent's stdout (before serf's event coalescing, which a
+  handler would see 1-3 s later). meshnet runs each preset: ``lan`` (the shipped
+  default, memberlist's LAN timings like serf) and ``fast`` (the lab's): equal timings
+  first, then the trade-off, with its bytes beside it.
+* Idle traffic: bytes sent per node per second on the underlay interface over 30 s of
+  an idle cluster of the same N, each meshnet preset and serf.
+* Steady state (a goal, no anchor): N=20 agents of each preset for
+  ``MESHNET_BENCH_STEADY`` seconds (default 300) with both cores kept busy by two
+  spinning processes; every failed probe (a suspicion) and every false failure is
+  counted from the agents' metrics.
+
+How a change spreads over the tables against serf's user events at N=20/50/100 is
+``bench.run vs_serf``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 from bench.common import Result
 from meshnet.api.client import ApiClient
@@ -36,9 +41,9 @@ from meshnet.lab.topology import LabSpec
 FAILED_RE = re.compile(r'ts=(\S+)Z .*msg="member (\S+) failed')
 
 
-def _lab(n_agents: int, tag: str) -> Lab:
+def _lab(n_agents: int, tag: str, preset: str = "fast") -> Lab:
     lab = Lab(LabSpec(name=f"bg{os.getpid() % 1000}{tag}", hosts=n_agents))
-    lab.up()
+    lab.up(agent_args=["--gossip-preset", preset])
     return lab
 
 
@@ -88,15 +93,50 @@ def kill_and_detect(lab: Lab, victim: str, timeout: float) -> float:
     return max(seen.values()) - t0
 
 
-def meshnet_detection(n: int) -> float:
-    lab = _lab(n, f"d{n}")
+def meshnet_side(n: int, preset: str, idle: float) -> dict[str, float]:
+    """Idle bytes per node over ``idle`` s, then a kill -9 and its detection."""
+    lab = _lab(n, f"{preset[0]}{n}", preset)
     try:
         hosts = lab.spec.host_names
-        _wait(lambda: _all_alive(lab, hosts, n), 60, f"{n} meshnet agents alive")
-        time.sleep(2)
-        return kill_and_detect(lab, hosts[-1], 60)
+        _wait(lambda: _all_alive(lab, hosts, n), 90, f"{n} meshnet agents alive")
+        time.sleep(3)
+        before = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
+        t0 = time.monotonic()
+        time.sleep(idle)
+        after = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
+        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0)}
+        out["detect"] = kill_and_detect(lab, hosts[-1], 90)
+        return out
     finally:
         lab.down()
+
+
+def serf_side(n: int, idle: float) -> dict[str, float]:
+    """The same for N serf agents (LAN profile), timed at the same point."""
+    from bench.bench_vs_serf import Serf  # (it imports this module)
+
+    s = Serf(n)
+    try:
+        _wait(lambda: all(s.alive(i) == n for i in (0, n - 1)), 90, "serf members")
+        time.sleep(3)
+        before = [_tx_bytes(x) for x in s.ns]
+        t0 = time.monotonic()
+        time.sleep(idle)
+        after = [_tx_bytes(x) for x in s.ns]
+        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0)}
+        victim, seen = f"s{n - 1}", len(s.failed)
+        t1 = time.time()
+        os.killpg(s.procs[-1].pid, signal.SIGKILL)
+
+        def marked() -> list[float] | None:
+            times = [t for t, line in s.failed[seen:]
+                     if re.search(rf"EventMemberFailed: {victim}\b", line)]
+            return times if len(times) >= n - 1 else None
+        out["detect"] = max(_wait(marked, 120, "every serf agent to mark the victim failed",
+                                  interval=0.2)) - t1
+        return out
+    finally:
+        s.stop()
 
 
 def stop_serf(procs: list[subprocess.Popen], lab: Lab) -> None:
@@ -110,66 +150,8 @@ def stop_serf(procs: list[subprocess.Popen], lab: Lab) -> None:
     lab.down()
 
 
-class SerfCluster:
-    def __init__(self, n: int, tag: str, profile: str = "lan") -> None:
-        self.lab = Lab(LabSpec(name=f"bs{os.getpid() % 1000}{tag}", hosts=1))
-        self.lab.up()
-        self.procs: list[subprocess.Popen] = []
-        self.dir = self.lab.spec.state_dir
-        handler = self.dir / "failed.sh"
-        handler.write_text('#!/bin/sh\necho "$(date +%s.%N) $SERF_SELF_NAME $(cat)" '
-                           f'>> {self.dir}/failed.log\n')
-        handler.chmod(0o755)
-        self.hosts = [f"h{k}" for k in range(2, n + 2)]
-        for i, h in enumerate(self.hosts):
-            ns = self.lab.add_bare_host(h)
-            addr = self.lab.spec.host_addr(h)
-            cmd = ["serf", "agent", f"-node=s{i}", f"-bind={addr}:7946",
-                   "-rpc-addr=127.0.0.1:7373", f"-profile={profile}",
-                   f"-event-handler=member-failed={handler}"]
-            if i:
-                cmd.append(f"-join={self.lab.spec.host_addr(self.hosts[0])}")
-            log = open(self.dir / f"serf{i}.log", "wb")
-            self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
-            if not i:
-                time.sleep(0.5)
-
-    def alive_count(self, host: str) -> int:
-        r = subprocess.run(["ip", "netns", "exec", self.lab.spec.host_ns(host), "serf",
-                            "members", "-rpc-addr=127.0.0.1:7373", "-status=alive"],
-                           capture_output=True, text=True)
-        return len(r.stdout.splitlines())
-
-    def stop(self) -> None:
-        stop_serf(self.procs, self.lab)
-
-
-def serf_detection(n: int, profile: str = "lan") -> float:
-    c = SerfCluster(n, f"d{n}{profile[0]}", profile)
-    try:
-        _wait(lambda: all(c.alive_count(h) == n for h in (c.hosts[0], c.hosts[-1])), 60,
-              f"{n} serf agents alive")
-        time.sleep(2)
-        t0 = time.time()
-        os.killpg(c.procs[-1].pid, signal.SIGKILL)
-        log = c.dir / "failed.log"
-
-        def marked() -> dict[str, float]:
-            if not log.exists():
-                return {}
-            out: dict[str, float] = {}
-            for line in log.read_text().splitlines():
-                ts, node = line.split()[:2]
-                out.setdefault(node, float(ts))
-            return out if len(out) >= n - 1 else {}
-        return max(_wait(marked, 90, "every serf agent to mark the victim failed").values()) - t0
-    finally:
-        c.stop()
-
-
-def steady_state(n: int, seconds: float) -> dict[str, int]:
-    lab = _lab(n, "s")
+def steady_state(n: int, seconds: float, preset: str) -> dict[str, int]:
+    lab = _lab(n, f"s{preset[0]}", preset)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(2)]
     try:
@@ -206,96 +188,32 @@ def _tx_bytes(ns: str) -> int:
     raise RuntimeError(f"no eth0 counters in {ns}")
 
 
-def idle_traffic_meshnet(n: int, seconds: float) -> float:
-    lab = _lab(n, "t")
-    try:
-        hosts = lab.spec.host_names
-        _wait(lambda: _all_alive(lab, hosts, n), 60, "agents alive")
-        time.sleep(3)
-        before = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
-        time.sleep(seconds)
-        after = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
-        return (sum(after) - sum(before)) / n / seconds
-    finally:
-        lab.down()
-
-
-def idle_traffic_serf(n: int, seconds: float) -> float:
-    c = SerfCluster(n, "t")
-    try:
-        _wait(lambda: all(c.alive_count(h) == n for h in (c.hosts[0], c.hosts[-1])), 60,
-              "serf alive")
-        time.sleep(3)
-        before = [_tx_bytes(c.lab.spec.host_ns(h)) for h in c.hosts]
-        time.sleep(seconds)
-        after = [_tx_bytes(c.lab.spec.host_ns(h)) for h in c.hosts]
-        return (sum(after) - sum(before)) / n / seconds
-    finally:
-        c.stop()
-
-
-def table_convergence(n: int) -> float:
-    lab = _lab(n, "c")
-    try:
-        hosts = lab.spec.host_names
-        _wait(lambda: _all_alive(lab, hosts, n), 60, "agents alive")
-        time.sleep(2)
-        clients = {h: ApiClient(lab.spec.api_socket(h)) for h in hosts}
-        t0 = time.monotonic()
-        clients["h1"].post("/v1/networks", {"name": "conv", "subnet": "10.99.0.0/24"})
-        done: dict[str, float] = {"h1": time.monotonic()}
-
-        def poll(h: str) -> None:
-            while h not in done:
-                if any(x["name"] == "conv" for x in clients[h].get("/v1/networks")):
-                    done[h] = time.monotonic()
-                else:
-                    time.sleep(0.005)
-        with ThreadPoolExecutor(len(hosts)) as pool:
-            list(pool.map(poll, hosts[1:]))
-        return max(done.values()) - t0
-    finally:
-        lab.down()
-
-
-def simulated_convergence(n: int) -> float:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from meshnet.gossip.tables import TableConfig
-    from meshnet.testing.tablesim import settled
-
-    sim = settled(n, TableConfig.lan())
-    sim.put("n0005", "vteps", "n0005", b"10.0.0.5")
-    took, _ = sim.measure(f"N={n}", sim.everyone_has("vteps", "n0005", b"10.0.0.5"), 30)
-    return took
-
-
 def run() -> list[Result]:
     if not shutil.which("serf"):
         raise RuntimeError("serf is not installed (make deps)")
     steady = float(os.environ.get("MESHNET_BENCH_STEADY", "300"))
+    idle = 30.0
+    anchor = "serf 0.9.4 agents, LAN profile"
     out = []
     for n in (5, 20):
-        m = meshnet_detection(n)
-        s = serf_detection(n)
-        out.append(Result("gossip", f"failure detection, N={n} processes (kill -9 -> all mark "
-                          "failed)", "s", m, "serf 0.9.4 agents, LAN profile", s,
-                          goal="<= 0.5 x serf", notes=""))
-    sl = serf_detection(5, "local")
-    out.append(Result("gossip", "failure detection, N=5, vs serf -profile=local", "s",
-                      out[0].meshnet, "serf 0.9.4 agents, local profile", sl,
-                      goal="(reference)"))
-    st = steady_state(20, steady)
-    out.append(Result("gossip", f"false suspicions, N=20, {steady:.0f} s, both cores busy",
-                      "count", st["suspicions"], "goal", 0.0, goal="0",
-                      notes=f"steady state: {json.dumps(st)}"))
-    tc = table_convergence(20)
-    sim = simulated_convergence(1000)
-    out.append(Result("gossip", "table entry reaches all N=20 agents", "s", tc,
-                      "N=1000 simulated (LAN preset, virtual time)", sim, goal="(figures)"))
-    idle_s = 30.0
-    mt = idle_traffic_meshnet(20, idle_s)
-    stx = idle_traffic_serf(20, idle_s)
-    out.append(Result("gossip", "bytes sent per node per second, idle N=20", "B/s", mt,
-                      "serf 0.9.4 agents, LAN profile", stx, goal="(figures)",
-                      notes="meshnet runs its fast preset (5x serf's probe rate) in the lab"))
+        s = serf_side(n, idle)
+        lan = meshnet_side(n, "lan", idle)
+        fast = meshnet_side(n, "fast", idle)
+        out += [
+            Result("gossip", f"N={n}: kill -9 -> all mark it failed, lan preset (default; "
+                   "equal timings)", "s", lan["detect"], anchor, s["detect"],
+                   goal="(figures)"),
+            Result("gossip", f"N={n}: idle bytes sent per node, lan preset", "B/s",
+                   lan["bytes"], anchor, s["bytes"], goal="<= 1.5 x serf"),
+            Result("gossip", f"N={n}: kill -9 -> all mark it failed, fast preset", "s",
+                   fast["detect"], anchor, s["detect"], goal="(trade-off: bytes below)"),
+            Result("gossip", f"N={n}: idle bytes sent per node, fast preset", "B/s",
+                   fast["bytes"], anchor, s["bytes"], goal="(trade-off: detection above)"),
+        ]
+    for preset in ("lan", "fast"):
+        st = steady_state(20, steady, preset)
+        out.append(Result("gossip", f"N=20, {preset} preset: false suspicions in "
+                          f"{steady:.0f} s, both cores busy", "count", st["suspicions"],
+                          "goal (no anchor)", 0.0, goal="0",
+                          notes=f"{preset}: {json.dumps(st)}"))
     return out

@@ -1,48 +1,37 @@
-"""Rule programming: meshnet's iptables and nftables backends vs a plain
-``iptables-restore``.
+"""Rule programming: meshnet's iptables and nftables backends against what an operator
+would run for the same change.
 
 Inside namespaces it creates (``mn-lbdev-b<pid>-*``, removed at the end), for N services
-x 10 backends on one network (N = 1,000 and 100), each service with one task on each of 10
-hosts (so this host, h0, runs one task of every service):
+x 10 backends on one network (N = 1,000 and 10,000), each service with one task on each of
+10 hosts (so this host, h0, runs one task of every service):
 
 * full sync, as the agent's LB reconciler does it on start: planner from every row ->
-  render -> observe (``iptables-save``) -> plan -> one ``iptables-restore --noflush`` into
-  an empty namespace, vs a plain ``iptables-restore`` of the very same ruleset text (the
-  anchor: the binary alone, no Python);
+  render -> observe -> plan -> write into an empty namespace. Anchor: loading the very
+  same ruleset with the plain tool (``iptables-restore`` of the same text; for
+  ``--lb nftables``, ``nft -f`` of what ``nft list ruleset`` shows after meshnet's sync).
 * one backend changing, end to end as the agent runs it: the endpoint row changes in the
-  store (an in-memory ``Store``), then the LB reconciler's partial sync: its change
-  notice, decoding that one row, the incremental planner, render (per-service cache),
-  plan against the cached state, the restore of only the changed chains, and the check
-  that no VIP address, ingress link or route changed (``net_key``: then the agent leaves
-  those kernel objects alone until the next full sync). Compared
-  with the same plain restore of the whole ruleset (what one does without partial
-  syncs). At 100 services it should take the same time as at 1,000. The planner's share
-  (rows -> LbState) is also reported in the notes.
-
-The full sync starts from the rows decoded; reading every row out of the store
-(``refresh(full=True)``) is timed apart and reported in the notes (the first read decodes
-every row, later ones hit the store's decode cache).
+  store (an in-memory ``Store``), then the LB reconciler's partial sync (change notice,
+  one row decoded, incremental planner, render, plan against the cached state, the
+  write, and the check that no VIP address, ingress link or route changed). Anchor: the
+  same change as an operator makes it with the plain tool: ``iptables-restore
+  --noflush`` of the one changed chain (the same text meshnet writes), or ``nft`` adding
+  and deleting the same elements of the same map (``nft -f`` of ``add element`` /
+  ``delete element`` lines), waiting for the tool to exit.
+* size independence, shown directly: the same change at 10,000 services against 1,000.
+  With iptables part of the cost is the kernel's: nf_tables validates the whole table on
+  a commit that adds a rule with a verdict or NAT; that is measured on its own (``nft add
+  rule ... accept`` minus ``... counter``) and reported, not subtracted.
 
 Every command is spawned without a ``preexec_fn`` (``netns.run_cmd``): with one, Python
 must fork, and a fork copies the page tables of the whole process, a cost that grows
-with its memory, i.e. with the number of services (it was most of the 1,000-vs-100 gap).
+with its memory, i.e. with the number of services.
 
 Each one-backend change starts from a quiet kernel (the previous transaction's deferred
-frees done: ``REAPER.settle()`` and 30 ms), as a lone health change would. meshnet
-returns when the kernel announces the commit (``meshnet.ipvs.commitack``); the plain
-``iptables-restore`` of the same one-chain text, waiting for the process to exit, is
-timed beside it. What still grows with the table is measured apart: nf_tables validates
-the whole table on a commit that adds a rule with a verdict or NAT, estimated as the
-time of ``nft add rule ... accept`` minus ``nft add rule ... counter`` (no verdict) in
-the same table.
+frees done: ``REAPER.settle()`` and 30 ms), as a lone health change would. meshnet's
+iptables backend returns when the kernel announces the commit
+(``meshnet.ipvs.commitack``); the anchors wait for their process to exit.
 
-The same full sync and one-backend change are then timed with ``--lb nftables``
-(:mod:`meshnet.ipvs.nftrules`: a backend change is a change of one small map's elements,
-sent over netlink; no rule changes, so nf_tables validates nothing), beside the same
-iptables anchors: four changes after each full sync (the first of them also frees the full
-sync's plan, ~11,000 encoded elements at 1,000 services, ~1 ms).
-
-Uses the ``iptables-restore`` on PATH (the nft variant here).
+Uses the ``iptables-restore`` and ``nft`` on PATH (iptables: the nft variant here).
 """
 
 from __future__ import annotations
@@ -64,6 +53,7 @@ from meshnet.vxlan.state import mac_for
 
 BACKENDS = 10
 REPEAT = 5
+SIZES = (10000, 1000)
 VNI = 0x100
 
 
@@ -116,6 +106,51 @@ def _nft(ns: str, text: str) -> float:
     return time.perf_counter() - t0
 
 
+def _maps(ns: str) -> dict[tuple[str, str], frozenset[str]]:
+    """Every map's elements in NS: (table, map) -> {"key : value", ...}."""
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    text = netns.run_cmd(ns, ["nft", "list", "maps"], text=True, check=True,
+                         capture_output=True).stdout
+    table = name = ""
+    body: list[str] | None = None
+    for line in text.splitlines():
+        w = line.strip()
+        if w.startswith("table "):
+            table = w.split()[2]
+        elif w.startswith("map "):
+            name, body = w.split()[1], None
+        elif w.startswith("elements = {"):
+            body = [w[len("elements = {"):]]
+        elif body is not None and name:
+            body.append(w)
+        if body is not None and body[-1].endswith("}"):
+            joined = " ".join(body).rstrip("}").strip()
+            out[(table, name)] = frozenset(e.strip() for e in joined.split(",") if e.strip())
+            body, name = None, ""
+    return out
+
+
+def _s0_maps(ns: str) -> dict[tuple[str, str], frozenset[str]]:
+    return _maps(ns)
+
+
+def _element_script(have: dict, want: dict) -> str:
+    """nft commands taking the maps from ``have`` to ``want``: delete then add elements."""
+    lines = []
+    for key in sorted(have.keys() | want.keys()):
+        old, new = have.get(key, frozenset()), want.get(key, frozenset())
+        gone = {e.split(" : ")[0] for e in old - new} - {e.split(" : ")[0] for e in new}
+        if gone:
+            lines.append(f"delete element ip {key[0]} {key[1]} {{ {', '.join(sorted(gone))} }}")
+        changed = [e for e in new - old]
+        redo = {e.split(" : ")[0] for e in changed} & {e.split(" : ")[0] for e in old}
+        if redo:
+            lines.append(f"delete element ip {key[0]} {key[1]} {{ {', '.join(sorted(redo))} }}")
+        if changed:
+            lines.append(f"add element ip {key[0]} {key[1]} {{ {', '.join(sorted(changed))} }}")
+    return "\n".join(lines) + "\n"
+
+
 def _quiet() -> None:
     """Let the last transaction's deferred work finish (see the module notes)."""
     REAPER.settle()
@@ -126,11 +161,11 @@ async def _inline(fn):
     return fn()
 
 
-def measure(n: int, tag: str) -> dict[str, list[float]]:
+def measure(n: int, tag: str, repeat: int = REPEAT) -> dict[str, list[float]]:
     prefix = f"mn-lbdev-b{tag}-"
     sandbox = f"{prefix}ov-{VNI:06x}"
     host = f"{prefix}host"
-    out: dict[str, list[float]] = {"full": [], "full_anchor": [], "one": [], "one_anchor": [],
+    out: dict[str, list[float]] = {"full": [], "full_anchor": [], "one": [],
                                    "planner": [], "reload": [], "one_plain": [], "kernel_dnat": [],
                                    "one_python": [], "one_restore": [], "validation": []}
     loop = asyncio.new_event_loop()
@@ -149,7 +184,7 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
         runner.restore = timed_restore  # type: ignore[method-assign]
         be = IptablesBackend(runner)
         store, gone = _store(n)
-        for _ in range(REPEAT):
+        for _ in range(repeat):
             netns.create(sandbox)
             # full sync, as the agent's reconciler runs it on start: reload every row
             # (timed apart: "reload"), plan from the rows, observe, one restore
@@ -205,8 +240,6 @@ def measure(n: int, tag: str) -> dict[str, list[float]]:
             # anchor: the same ruleset text, plain iptables-restore, into an empty namespace
             netns.create(sandbox)
             out["full_anchor"].append(_plain_restore(sandbox, full_text))
-            # anchor for one change: the plain restore of the whole ruleset again
-            out["one_anchor"].append(_plain_restore(sandbox, full_text))
             netns.remove(sandbox, kill=False)
     finally:
         loop.close()
@@ -232,7 +265,8 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
     caches) and differ only in their table: what is compared is what the number of
     services costs a change, not how much memory the benchmark process happens to hold."""
     out: dict[int, dict[str, list[float]]] = {
-        n: {"full": [], "one": [], "one_script": [], "one_kernel": []} for n in sizes}
+        n: {"full": [], "full_anchor": [], "one": [], "one_anchor": [], "one_script": [],
+            "one_kernel": []} for n in sizes}
     loop = asyncio.new_event_loop()
     made: list[str] = []
     try:
@@ -259,8 +293,17 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
                 out[n]["full"].append(time.perf_counter() - t0)
                 del out[n]["one_kernel"][k:]  # changes only, not the full sync's write
                 recs.append(rec)
+                # anchor: nft -f of the same ruleset (as nft lists it) into an empty netns
+                text = netns.run_cmd(sandbox, ["nft", "list", "ruleset"], text=True,
+                                     check=True, capture_output=True).stdout
+                scratch = f"{prefix}anchor"
+                netns.create(scratch)
+                made.append(scratch)
+                out[n]["full_anchor"].append(_nft(scratch, text))
+                netns.remove(scratch, kill=False)
             for change in ("delete", "put", "delete", "put"):
                 for (n, sandbox, _, _, store, gone), rec in zip(setups, recs, strict=True):
+                    maps = _s0_maps(sandbox)
                     _quiet()
                     t0 = time.perf_counter()
                     _flip(store, gone, change)
@@ -270,6 +313,14 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
                     ops = rec.last_plan.tables
                     assert [op.ns for op in ops] == [sandbox] and not rec.last_plan.rules, ops
                     out[n]["one_script"].append(float(bool(ops[0].script)))
+                    # anchor: the same element change by hand (undo it untimed, redo it
+                    # timed: the kernel ends where meshnet left it)
+                    before, after = maps, _s0_maps(sandbox)
+                    assert before != after, "the change touched no map element"
+                    _nft(sandbox, _element_script(after, before))
+                    _quiet()
+                    out[n]["one_anchor"].append(_nft(sandbox, _element_script(before, after)))
+                    assert _s0_maps(sandbox) == after
             for (_, sandbox, _, _, store, _g), rec in zip(setups, recs, strict=True):
                 store.listeners.remove(rec.note)
                 netns.remove(sandbox, kill=False)
@@ -282,94 +333,77 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
 
 def run() -> list[Result]:
     tag = str(os.getpid() % 100000)
-    big = measure(1000, tag + "a")
-    small = measure(100, tag + "b")
-    both = measure_nft((1000, 100), tag)
-    nbig, nsmall = both[1000], both[100]
+    big_n, small_n = SIZES
+    big = measure(big_n, tag + "a", repeat=3)
+    small = measure(small_n, tag + "b")
+    both = measure_nft(SIZES, tag)
+    nbig, nsmall = both[big_n], both[small_n]
     scripts = sum(nbig["one_script"]) + sum(nsmall["one_script"])
-    res = [
-        Result(bench="lb", metric=f"full sync, 1,000 services x {BACKENDS} backends "
-               f"(median of {REPEAT})", unit="s", meshnet=median(big["full"]),
-               anchor_name="plain iptables-restore of the same ruleset",
-               anchor=median(big["full_anchor"]), goal="full sync <= 1 s",
-               notes=f"in the agent a full sync also reads every row out of the store: "
-                     f"{big['reload'][0]:.2f} s at 1,000 services the first time (every row "
-                     f"decoded), {median(big['reload'][1:]):.3f} s on later full syncs (the "
-                     f"store's decode cache); {small['reload'][0]:.3f} s / "
-                     f"{median(small['reload'][1:]):.4f} s at 100",
-               samples={"meshnet": big["full"], "anchor": big["full_anchor"]}),
-        Result(bench="lb", metric="one backend changes at 1,000 services (partial sync, "
-               "table change -> planner -> restore)",
-               unit="s", meshnet=median(big["one"]),
-               anchor_name="plain iptables-restore of the whole ruleset",
-               anchor=median(big["one_anchor"]), goal="<= 50 ms, independent of size",
-               notes=f"of which the incremental planner (changed row -> LbState): "
-                     f"{median(big['planner']) * 1000:.2f} ms at 1,000 services, "
-                     f"{median(small['planner']) * 1000:.2f} ms at 100",
-               samples={"meshnet": big["one"], "anchor": big["one_anchor"]}),
-        Result(bench="lb", metric="one backend changes at 100 services (partial sync, "
-               "table change -> planner -> restore)",
-               unit="s", meshnet=median(small["one"]),
-               anchor_name="plain iptables-restore of the whole ruleset",
-               anchor=median(small["one_anchor"]), goal="same as at 1,000 services",
-               samples={"meshnet": small["one"], "anchor": small["one_anchor"]}),
-        Result(bench="lb", metric="partial sync: 1,000 services vs 100 services",
-               unit="s", meshnet=median(big["one"]), anchor_name="same change at 100 services",
-               anchor=median(small["one"]), goal="ratio ~1 (independent of total size)"),
-        Result(bench="lb", metric="partial sync minus nf_tables' table validation "
-               "(estimated): 1,000 vs 100 services", unit="s",
-               meshnet=median(big["one"]) - median(big["validation"]),
-               anchor_name="at 100 services",
-               anchor=median(small["one"]) - median(small["validation"]),
-               goal="ratio ~1 (meshnet's part and iptables-restore's are independent of size)",
-               notes=f"meshnet's part of a one-backend change (everything but the "
-                     f"iptables-restore it runs, per sample): "
-                     f"{median(big['one_python']) * 1000:.2f} ms at 1,000 services, "
-                     f"{median(small['one_python']) * 1000:.2f} ms at 100"),
+    k = {big_n: f"{big_n:,}", small_n: f"{small_n:,}"}
+    res = []
+    for n, m in ((small_n, small), (big_n, big)):
+        res.append(Result(
+            bench="lb", metric=f"full sync, {k[n]} services x {BACKENDS} backends",
+            unit="s", meshnet=median(m["full"]),
+            anchor_name="plain iptables-restore of the same ruleset",
+            anchor=median(m["full_anchor"]), goal="full sync <= 1 s at 1,000",
+            notes=f"{k[n]} services: reading every row out of the store first: "
+                  f"{m['reload'][0]:.3f} s the first time, {median(m['reload'][1:]):.4f} s "
+                  "later (the store's decode cache)",
+            samples={"meshnet": m["full"], "anchor": m["full_anchor"]}))
+        res.append(Result(
+            bench="lb", metric=f"one backend changes at {k[n]} services (row -> planner -> "
+            "restore of one chain -> commit)", unit="s", meshnet=median(m["one"]),
+            anchor_name="iptables-restore --noflush of the same one chain",
+            anchor=median(m["one_plain"]), goal="<= 50 ms",
+            notes=f"{k[n]} services, iptables: incremental planner "
+                  f"{median(m['planner']) * 1000:.2f} ms, meshnet's Python in all "
+                  f"{median(m['one_python']) * 1000:.2f} ms, the restore it runs "
+                  f"{median(m['one_restore']) * 1000:.2f} ms",
+            samples={"meshnet": m["one"], "anchor": m["one_plain"]}))
+    res += [
+        Result(bench="lb", metric=f"iptables backend, one backend change: {k[big_n]} vs "
+               f"{k[small_n]} services", unit="s", meshnet=median(big["one"]),
+               anchor_name=f"the same change at {k[small_n]} services",
+               anchor=median(small["one"]), goal="ratio ~1 (independent of size)",
+               notes="the plain one-chain restore grows as much: "
+                     f"{median(big['one_plain']) * 1000:.2f} ms vs "
+                     f"{median(small['one_plain']) * 1000:.2f} ms"),
         Result(bench="lb", metric="nf_tables validates the whole table on a commit adding a "
-               "rule with a verdict/NAT (nft: rule with accept minus without): 1,000 vs 100 "
-               "services", unit="s", meshnet=median(big["validation"]),
-               anchor_name="at 100 services", anchor=median(small["validation"]),
-               goal="(the kernel's share of the size dependence; IPVS has none)",
+               f"rule with a verdict/NAT (nft: with accept minus without): {k[big_n]} vs "
+               f"{k[small_n]} services", unit="s", meshnet=median(big["validation"]),
+               anchor_name=f"at {k[small_n]} services", anchor=median(small["validation"]),
+               goal="(the kernel's part of the growth; --lb nftables adds no rule)",
                notes=f"nft adding one DNAT rule to this table: "
-                     f"{median(big['kernel_dnat']) * 1000:.1f} ms at 1,000 services, "
-                     f"{median(small['kernel_dnat']) * 1000:.1f} ms at 100"),
-        Result(bench="lb", metric="the restore of a one-backend change, 1,000 services: "
-               "returning at the commit event (commitack)", unit="s",
-               meshnet=median(big["one_restore"]),
-               anchor_name="plain iptables-restore of the same text, waiting for its exit",
-               anchor=median(big["one_plain"]),
-               goal="(the exit waits ~14 ms for the freed rules' RCU grace period)",
-               notes=f"the same restore at 100 services: "
-                     f"{median(small['one_restore']) * 1000:.1f} ms vs "
-                     f"{median(small['one_plain']) * 1000:.1f} ms",
-               samples={"meshnet": big["one_restore"], "anchor": big["one_plain"]}),
-        Result(bench="lb", metric=f"--lb nftables: full sync, 1,000 services x {BACKENDS} "
-               f"backends (median of {REPEAT})", unit="s", meshnet=median(nbig["full"]),
-               anchor_name="plain iptables-restore of the same ruleset (iptables form)",
-               anchor=median(big["full_anchor"]), goal="full sync <= 1 s",
-               notes=f"--lb nftables full sync at 100 services: {median(nsmall['full']):.3f} s",
-               samples={"meshnet": nbig["full"], "anchor": big["full_anchor"]}),
-        Result(bench="lb", metric="--lb nftables: one backend changes at 1,000 services "
-               "(partial sync, table change -> planner -> netlink elements)", unit="s",
-               meshnet=median(nbig["one"]),
-               anchor_name="plain iptables-restore of the whole ruleset",
-               anchor=median(big["one_anchor"]), goal="<= 50 ms, independent of size",
-               notes=f"--lb nftables: changes that needed an nft script (not just map "
-                     f"elements): {scripts:.0f} of {len(nbig['one']) + len(nsmall['one'])}",
-               samples={"meshnet": nbig["one"], "anchor": big["one_anchor"]}),
-        Result(bench="lb", metric="--lb nftables: one backend change, 1,000 services vs 100",
-               unit="s", meshnet=median(nbig["one"]), anchor_name="same change at 100 services",
-               anchor=median(nsmall["one"]), goal="ratio ~1 (independent of total size)",
-               notes=f"of which the netlink transaction (send -> kernel's ack): "
-                     f"{median(nbig['one_kernel']) * 1000:.2f} ms at 1,000 services, "
-                     f"{median(nsmall['one_kernel']) * 1000:.2f} ms at 100 (nf_tables finds "
-                     f"the map by name in a list of the table's sets: the part that grows); "
-                     f"the rest (meshnet's Python): "
-                     f"{(median(nbig['one']) - median(nbig['one_kernel'])) * 1000:.2f} ms vs "
-                     f"{(median(nsmall['one']) - median(nsmall['one_kernel'])) * 1000:.2f} ms",
-               samples={"meshnet": nbig["one"], "anchor": nsmall["one"]}),
+                     f"{median(big['kernel_dnat']) * 1000:.1f} ms at {k[big_n]} services, "
+                     f"{median(small['kernel_dnat']) * 1000:.1f} ms at {k[small_n]}"),
     ]
+    for n, m in ((small_n, nsmall), (big_n, nbig)):
+        res.append(Result(
+            bench="lb", metric=f"--lb nftables: full sync, {k[n]} services x {BACKENDS} "
+            "backends", unit="s", meshnet=median(m["full"]),
+            anchor_name="nft -f of the same ruleset", anchor=median(m["full_anchor"]),
+            goal="full sync <= 1 s at 1,000",
+            samples={"meshnet": m["full"], "anchor": m["full_anchor"]}))
+        res.append(Result(
+            bench="lb", metric=f"--lb nftables: one backend changes at {k[n]} services "
+            "(row -> planner -> map elements over netlink)", unit="s",
+            meshnet=median(m["one"]),
+            anchor_name="nft delete/add element of the same elements in the same map",
+            anchor=median(m["one_anchor"]), goal="<= 50 ms",
+            notes=f"{k[n]} services, nftables: the netlink transaction "
+                  f"{median(m['one_kernel']) * 1000:.2f} ms, meshnet's Python "
+                  f"{(median(m['one']) - median(m['one_kernel'])) * 1000:.2f} ms",
+            samples={"meshnet": m["one"], "anchor": m["one_anchor"]}))
+    res.append(Result(
+        bench="lb", metric=f"--lb nftables, one backend change: {k[big_n]} vs {k[small_n]} "
+        "services", unit="s", meshnet=median(nbig["one"]),
+        anchor_name=f"the same change at {k[small_n]} services", anchor=median(nsmall["one"]),
+        goal="ratio ~1 (independent of size)",
+        notes=f"changes that needed an nft script (not just map elements): {scripts:.0f} of "
+              f"{len(nbig['one']) + len(nsmall['one'])}; the nft CLI's same change: "
+              f"{median(nbig['one_anchor']) * 1000:.2f} ms vs "
+              f"{median(nsmall['one_anchor']) * 1000:.2f} ms"))
     return res
 
 

@@ -425,6 +425,8 @@ class Agent:
             "overlay": {"syncs": st.runs, "errors": st.errors, "last_error": st.last_error,
                         "ops_applied": self.overlay.ops_applied,
                         "last_sync_ms": round(st.last_duration * 1000, 2)},
+            #: programmers with work pending (empty: the kernel has the tables as they are)
+            "busy": sorted(r.name for r in self.runners if not r.idle),
         }
 
     def gone_hosts(self) -> set[str]:

@@ -246,6 +246,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         "docker_socket": args.docker_socket, "leave_on_terminate": args.leave_on_terminate,
         "docker_plugin_socket": args.docker_plugin_socket,
         "macvlan_parents": args.macvlan_parent, "macvlan_shim": args.macvlan_shim,
+        "tombstone_lifetime": args.tombstone_lifetime,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.node_name, config.log_level)
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the parent per network, with an address of the network)")
     a.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="log verbosity (default: info)")
+    a.add_argument("--tombstone-lifetime", type=int, metavar="SECONDS",
+                   help="how long deletes are remembered (default 300); a partition or an "
+                        "agent away for longer may bring back what was deleted meanwhile")
     a.add_argument("--leave-on-terminate", action="store_true", default=None,
                    help="SIGTERM leaves the cluster (default: SIGTERM is a restart; "
                         "decommission with 'meshnet leave')")

@@ -71,6 +71,9 @@ class Cluster:
         self.gossip_config = GossipConfig.fast() if fast else GossipConfig.lan()
         self.table_config = replace(TableConfig.fast() if fast else TableConfig.lan(),
                                     cluster_tables=CLUSTER_TABLES)
+        if config.tombstone_lifetime:
+            self.table_config = replace(self.table_config,
+                                        reap_interval=float(config.tombstone_lifetime))
         keyring = None
         if config.encrypt_key:
             keyring = Keyring.from_base64([config.encrypt_key])

@@ -87,6 +87,9 @@ class AgentConfig:
     #: the Docker network/IPAM plugin's socket, served with --runtime docker; "": off
     docker_plugin_socket: str = "/run/docker/plugins/meshnet.sock"
     leave_on_terminate: bool = False  #: SIGTERM leaves the cluster (default: a restart)
+    #: seconds a delete is remembered (tombstones); 0: 300. A partition or an agent away
+    #: for longer may bring objects deleted meanwhile back (NetworkDB's trade-off)
+    tombstone_lifetime: int = 0
     #: NET=IFACE: this host's parent interface for macvlan network NET (else the network's)
     macvlan_parents: tuple[str, ...] = ()
     #: a macvlan "shim" per macvlan network with local containers, so this host reaches them
@@ -113,6 +116,9 @@ class AgentConfig:
             parse_hostport(self.metrics, 0, "metrics address")
             if ":" not in self.metrics:
                 raise ConfigError(f"invalid metrics address {self.metrics!r}: need ADDR:PORT")
+        if self.tombstone_lifetime and not 5 <= self.tombstone_lifetime <= 30 * 86400:
+            raise ConfigError(f"invalid tombstone-lifetime {self.tombstone_lifetime}: must be "
+                              "5-2592000 seconds (0: the default, 300)")
         if not 1 <= self.bind_port <= 65535:
             raise ConfigError(f"invalid bind port {self.bind_port}")
         if self.underlay_mtu and not 576 <= self.underlay_mtu <= 65535:

@@ -63,6 +63,11 @@ class SyncRunner:
                 pass
             self._task = None
 
+    @property
+    def idle(self) -> bool:
+        """No kick pending and the last run finished."""
+        return self._idle.is_set()
+
     async def settled(self, timeout: float = 10.0) -> None:
         """Wait until no kick is pending and the last run finished (for tests and READY)."""
         await asyncio.wait_for(self._idle.wait(), timeout)

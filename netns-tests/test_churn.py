@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import api, ns_exec, wait_until
+from conftest import api, ns_exec, settled, wait_until
 
 from meshnet import netns
 
@@ -102,7 +102,7 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab, lb):
     assert keep
     wait_until(lambda: all(len(api(lab, h).get("/v1/endpoints")) == 1
                            for h in lab.spec.host_names), what="first endpoint everywhere")
-    time.sleep(1)
+    settled(lab)
     before = snapshot(lab)
     # the snapshot sees meshnet's objects (keep's LB rules, its FDB entries elsewhere)
     nft = [x for k, v in before.items() if k.endswith(" nft") for x in v]

@@ -8,7 +8,18 @@ import time
 
 import dns.reversename
 import pytest
-from conftest import api, host_down, ns_exec, py_in, wait_until
+from conftest import (
+    BOUNDS,
+    PRESETS,
+    api,
+    host_down,
+    listening,
+    ns_exec,
+    preset_args,
+    py_in,
+    settled,
+    wait_until,
+)
 from test_overlay import converged, overlay_setup
 
 from meshnet.lab.lab import RESOLVER_ADDR
@@ -38,11 +49,13 @@ def status(lab, c, *args):
 
 
 @pytest.fixture
-def cluster(make_lab):
+def cluster(make_lab, request):
     # the first upstream is a black hole: a host that answers ARP and drops everything
     # (no ICMP, no RST: the forwarder learns nothing but silence)
+    preset = getattr(request, "param", "fast")
     lab = make_lab(hosts=3, agent_args=["--dns-upstream", BLACK_HOLE,
-                                        "--dns-upstream", RESOLVER_ADDR])
+                                        "--dns-upstream", RESOLVER_ADDR,
+                                        *preset_args(preset)])
     hole = lab.add_bare_host("h9")
     assert lab.spec.host_addr("h9") == BLACK_HOLE
     ns_exec(hole, "iptables", "-A", "INPUT", "-j", "DROP", check=True)
@@ -63,7 +76,7 @@ def cluster(make_lab):
         "secret": run(lab, "h1", "secret", "other"),
     }
     converged(lab, 6)
-    time.sleep(0.2)
+    settled(lab)
     return lab, eps, web
 
 
@@ -110,17 +123,20 @@ def dropped(listing: str) -> int:
     return sum(int(line.split()[0]) for line in listing.splitlines() if " DROP " in line)
 
 
-def test_dead_host_tasks_leave_dns_within_2s_of_the_kill(cluster):
-    """The clock starts at the kill: failure detection is part of the 2 s."""
+@pytest.mark.parametrize("cluster", PRESETS, indirect=True)
+def test_dead_host_tasks_leave_dns_within_bound_of_the_kill(cluster, request):
+    """The clock starts at the kill: failure detection is part of the bound (fast: 2 s,
+    lan: conftest.BOUNDS)."""
     lab, eps, _ = cluster
+    bound = BOUNDS[request.node.callspec.params["cluster"]]["detect"]
     t0 = time.monotonic()
     host_down(lab, "h2")
     wait_until(lambda: short(lab, "c1", "tasks.web") == [eps["web1"]["ip"]] and
-               short(lab, "c1", "db") == [eps["db2"]["ip"]], timeout=10, interval=0.05,
-               what="dead host's tasks gone from DNS")
+               short(lab, "c1", "db") == [eps["db2"]["ip"]], timeout=bound + 10,
+               interval=0.05, what="dead host's tasks gone from DNS")
     took = time.monotonic() - t0
     assert {m["name"]: m["state"] for m in api(lab, "h3").get("/v1/members")}["h2"] == "failed"
-    assert took < 2.0, f"{took:.2f} s from the kill"
+    assert took < bound, f"{took:.2f} s from the kill (bound {bound} s)"
 
 
 def test_own_port_53_and_truncation(cluster):
@@ -128,7 +144,7 @@ def test_own_port_53_and_truncation(cluster):
     ns = lab.spec.container_ns("c1")
     echo = py_in(ns, "udpecho", "53", "mine", background=True)
     try:
-        time.sleep(0.3)
+        listening(ns, 53, udp=True)
         assert short(lab, "c1", "web1") == [eps["web1"]["ip"]]  # the resolver still works
         r = ns_exec(ns, "python3", "-c", (
             "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2);"

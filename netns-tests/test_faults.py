@@ -9,15 +9,15 @@ import threading
 import time
 
 import pytest
-from conftest import api, ns_exec, wait_until
+from conftest import BOUNDS, PRESETS, api, ns_exec, preset_args, settled, wait_until
 from test_overlay import converged, kernel_dump, overlay_setup
 
 PY = [sys.executable, "-m", "meshnet.testing.traffic"]
 
 
 @pytest.fixture
-def cluster(make_lab):
-    lab = make_lab(hosts=3)
+def cluster(make_lab, request):
+    lab = make_lab(hosts=3, agent_args=preset_args(getattr(request, "param", "fast")))
     overlay_setup(lab, "app", "10.130.0.0/24")
     api(lab, "h1").post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
     for i in (1, 2, 3):
@@ -50,8 +50,12 @@ def dig_status(lab, c, name):
     return out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "TIMEOUT"
 
 
-def test_partition_30s_and_heal_converges_within_5s(cluster):
+@pytest.mark.parametrize("cluster", PRESETS, indirect=True)
+def test_partition_30s_and_heal_converges_within_bound(cluster, request):
+    """30 s apart, then healed: tables, FDB, DNS and the LB are back everywhere within the
+    preset's bound (fast: 5 s; lan: conftest.BOUNDS)."""
     lab = cluster
+    bound = BOUNDS[request.node.callspec.params["cluster"]]["heal"]
     before = views(lab)
     answers: list[tuple[float, str]] = []
     stop = threading.Event()
@@ -65,19 +69,20 @@ def test_partition_30s_and_heal_converges_within_5s(cluster):
     try:
         isolate(lab, "h1", True)
         wait_until(lambda: {m["name"]: m["state"] for m in api(lab, "h2").get("/v1/members")}
-                   .get("h1") == "failed", timeout=15, what="h1 failed on h2")
+                   .get("h1") == "failed", timeout=30, what="h1 failed on h2")
         # h1's task is gone on the other side meanwhile
         wait_until(lambda: "w1" not in [e["name"] for e in api(lab, "h2").get("/v1/endpoints")],
                    timeout=5, what="w1 removed on h2")
         time.sleep(30)
         isolate(lab, "h1", False)
         healed = time.monotonic()
-        wait_until(lambda: views(lab) == before, timeout=5, interval=0.1,
+        wait_until(lambda: views(lab) == before, timeout=bound, interval=0.1,
                    what="tables equal everywhere after heal")
         mac = next(e["mac"] for e in api(lab, "h1").get("/v1/endpoints") if e["name"] == "w1")
-        wait_until(lambda: any(mac in ln for ln in kernel_dump(lab, "h2")), timeout=5,
+        wait_until(lambda: any(mac in ln for ln in kernel_dump(lab, "h2")), timeout=bound,
                    what="w1's FDB entry back on h2")
-        assert time.monotonic() - healed < 5.0
+        took = time.monotonic() - healed
+        assert took < bound, f"{took:.2f} s after the heal (bound {bound} s)"
         ips = sorted(e["ip"] for e in api(lab, "h2").get("/v1/endpoints")
                      if e["name"].startswith("w"))
         wait_until(lambda: sorted(ns_exec(lab.spec.container_ns("cl"), "dig", "+short",
@@ -153,7 +158,7 @@ def test_api_socket_refuses_non_root(cluster):
 def test_resolver_only_inside_containers_and_nothing_else_listens(cluster):
     lab = cluster
     api(lab, "h1").post("/v1/published", {"published": 8080, "target": 80})
-    time.sleep(1)
+    settled(lab)
     for ns in (lab.spec.host_ns("h2"), lab.spec.host_ns("h1")):
         out = ns_exec(ns, "dig", "+time=1", "+tries=1", "@127.0.0.11", "web").stdout
         assert "status: NOERROR" not in out, out

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import api, ns_exec, py_in, wait_until
+from conftest import api, ns_exec, py_in, settled, wait_until
 from test_overlay import converged, overlay_setup, run
 
 
@@ -24,7 +24,7 @@ def egress(make_lab):
     eps = {c: run(lab, h, c, net) for c, h, net in (("c1", "h1", "app"), ("c2", "h1", "app"),
                                                     ("c3", "h2", "app"), ("p1", "h1", "priv"))}
     converged(lab, 4)
-    time.sleep(0.3)
+    settled(lab)
     yield lab, eps
     for p in (server, sink):
         p.kill()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 
 import pytest
-from conftest import agent_log, api, lab_exec, meshnet, ns_exec, unique, wait_until
+from conftest import agent_log, api, lab_exec, meshnet, ns_exec, settled, unique, wait_until
 
 from meshnet.errors import UserError
 
@@ -62,8 +61,8 @@ def test_containers_on_the_lan_by_name_unique_addresses_direct_source(lan_lab):
     resolver_ns = f"mn-{lab.spec.name}-h253"
     cap = subprocess.Popen(["ip", "netns", "exec", resolver_ns, "tcpdump", "-lni", "eth0",
                             "-c", "1", "udp port 53 and dst host 192.0.2.253"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    time.sleep(0.5)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cap.stderr.readline()  # "listening on eth0": capturing from here on
     assert "192.0.2.253" in ns_exec(c1, "dig", "+short", "@192.0.2.253",
                                     "example.com").stdout
     line = cap.communicate(timeout=10)[0]
@@ -78,7 +77,7 @@ def test_containers_on_the_lan_by_name_unique_addresses_direct_source(lan_lab):
     before = agent_log(lab, "h1").count("macvlan change")
     lab.stop_agent("h1")
     lab.restart_agent("h1")
-    time.sleep(1.5)
+    settled(lab)  # every programmer ran (and found nothing to do)
     assert agent_log(lab, "h1").count("macvlan change") == before
     assert ns_exec(c1, "ping", "-c1", "-W1", "c2").returncode == 0
 
@@ -150,8 +149,8 @@ def test_vlan_parent_made_and_removed_with_its_network(make_lab):
     # the frames on the LAN carry the tag
     cap = subprocess.Popen(["ip", "netns", "exec", lab.spec.host_ns("h2"), "tcpdump", "-lenni",
                             "eth0", "-c", "1", "vlan 42 and icmp"], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
-    time.sleep(0.5)
+                           stderr=subprocess.PIPE, text=True)
+    cap.stderr.readline()  # "listening on eth0": capturing from here on
     ns_exec(v1, "ping", "-c2", "-W1", "v2")
     assert "vlan 42" in cap.communicate(timeout=10)[0]
     for h, n in (("h1", "v1"), ("h2", "v2")):
@@ -201,7 +200,7 @@ def test_the_shim_lets_a_host_reach_its_own_macvlan_containers(make_lab):
     before = agent_log(lab, "h1").count("macvlan change")
     lab.stop_agent("h1")
     lab.restart_agent("h1")  # the shim is adopted, not made again
-    time.sleep(1.5)
+    settled(lab)
     assert agent_log(lab, "h1").count("macvlan change") == before
     # the last container gone: the shim and its address go too
     api(lab, "h1").delete(f"/v1/endpoints?netns={lab.spec.container_ns('c1')}")

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import api, host_down, ns_exec, py_in, wait_until
+from conftest import api, host_down, listening, ns_exec, py_in, wait_until
 
 
 def overlay_setup(lab, network="app", subnet="10.60.0.0/24"):
@@ -65,7 +65,7 @@ def test_cross_host_ping_tcp_and_isolation(three):
         assert r.returncode == 0, (src, dst, r.stdout)
     sink = py_in(lab.spec.container_ns("c3"), "sink", "5001", background=True)
     try:
-        time.sleep(0.3)
+        listening(lab.spec.container_ns("c3"), 5001)
         r = py_in(lab.spec.container_ns("c1"), "stream", eps["c3"]["ip"], "5001", "1")
         res = json.loads(r.stdout)
         assert res["error"] is None and res["sent"] > 50_000, r
@@ -87,6 +87,7 @@ class Capture:
             ["ip", "netns", "exec", lab.spec.container_ns(ctr), "tcpdump", "-i", "eth0", "-Q", "in", "-nn",
              "-l", "icmp[icmptype] == icmp-echo"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc.stderr.readline()  # "listening on eth0 ...": capturing from here on
 
     def stop(self) -> list[str]:
         self.proc.terminate()
@@ -107,7 +108,6 @@ def test_same_subnet_networks_isolated_on_the_wire(three):
     converged(lab, 6)
     caps = {c: Capture(lab, c) for c in ("c1", "c3", "x2", "x3")}
     try:
-        time.sleep(1.0)  # tcpdump attached
         assert ping(lab, "c2", eps["c3"]["ip"], count=3).returncode == 0  # app: c2 -> c3
         assert ping(lab, "x1", eps["x3"]["ip"], count=3).returncode == 0  # other: x1 -> x3
         assert ping(lab, "x2", eps["x3"]["ip"], count=3).returncode == 0  # other: x2 -> x3
@@ -160,7 +160,7 @@ def test_agent_kill_and_restart_keeps_stream_and_kernel_state(three):
     before = kernel_dump(lab, "h1")
     sink = py_in(lab.spec.container_ns("c2"), "sink", "5002", background=True)
     try:
-        time.sleep(0.3)
+        listening(lab.spec.container_ns("c2"), 5002)
         stream = py_in(lab.spec.container_ns("c1"), "stream", eps["c2"]["ip"], "5002", "6",
                        background=True)
         time.sleep(1)

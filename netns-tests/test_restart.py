@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import agent_log, api, lab_exec, ns_exec, py_in, wait_until
+from conftest import agent_log, api, lab_exec, ns_exec, py_in, settled, wait_until
 from test_overlay import converged, kernel_dump, overlay_setup
 
 from meshnet.durable import parse
@@ -67,7 +67,7 @@ def test_one_host_restart_keeps_tables_and_kernel(make_lab):
                  {"network": "app", "name": "c2", "aliases": []})["endpoint"]
     a.post("/v1/published", {"published": 8080, "target": 80, "protocol": "tcp"})
     outside = lab.add_bare_host("h9")
-    time.sleep(1.0)
+    settled(lab)
     before_tables, before_kernel = tables(lab, "h1"), kernel(lab)
     w1 = lab.spec.container_ns("w1")
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -83,7 +83,7 @@ def test_one_host_restart_keeps_tables_and_kernel(make_lab):
         assert r.stdout.strip() == "w1", r.stdout + r.stderr
         wait_until(lambda: api(lab, "h1").get("/v1/status")["dataplane"]["overlay"]["syncs"],
                    what="a full sync after the restart")
-        time.sleep(0.5)
+        settled(lab)
         assert kernel(lab) == before_kernel
         assert api(lab, "h1").get("/v1/status")["dataplane"]["overlay"]["ops_applied"] == 0
     assert "DeleteSandbox" not in agent_log(lab, "h1")
@@ -109,7 +109,7 @@ def busy(make_lab):
     converged(lab, 5)
     a.post("/v1/published", {"published": 8080, "target": 80, "protocol": "tcp"})
     outside = lab.add_bare_host("h9")
-    time.sleep(1.0)
+    settled(lab)
     return lab, web, outside
 
 
@@ -193,9 +193,9 @@ def test_rolling_restart_loses_nothing(busy):
 # --- 4. removed while away stays removed ----------------------------------------------
 
 
-@pytest.mark.parametrize("away", [2.0, 12.0])  # 12 s: longer than the lab's tombstone life
+@pytest.mark.parametrize("away", [2.0, 12.0])  # 12 s: longer than the tombstones live here
 def test_removed_while_away_stays_removed(make_lab, away):
-    lab = make_lab(hosts=3)
+    lab = make_lab(hosts=3, agent_args=["--tombstone-lifetime", "10"])
     overlay_setup(lab, "app", "10.162.0.0/24")
     overlay_setup(lab, "old", "10.163.0.0/24")
     a = api(lab, "h1")

@@ -57,3 +57,19 @@ def test_macvlan_keys(tmp_path):
         f.write_text(f"macvlan-parents = {bad}\n")
         with pytest.raises(ConfigError, match=why):
             load_config(f, {})
+
+
+def test_tombstone_lifetime_reaches_the_tables_and_is_checked(tmp_path):
+    from meshnet.cluster import Cluster
+
+    f = tmp_path / "c.toml"
+    f.write_text("tombstone-lifetime = 900\n")
+    cfg = load_config(f, {})
+    assert cfg.tombstone_lifetime == 900
+    assert Cluster(cfg, on_change=lambda t, k: None).table_config.reap_interval == 900.0
+    assert Cluster(load_config(None, {"node": "a"}), on_change=lambda t, k: None
+                   ).table_config.reap_interval == 300.0  # both presets' default
+    for bad in ("tombstone-lifetime = 2\n", "tombstone-lifetime = 1.5\n"):
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match="tombstone"):
+            load_config(f, {})
