@@ -82,6 +82,19 @@ def cmd_members(args: argparse.Namespace) -> None:
         ("NAME", "ADDRESS", "STATE", "INC", "TAGS")))
 
 
+def cmd_metrics(args: argparse.Namespace) -> None:
+    data = _client(args).get("/v1/metrics")
+
+    def flat(d: Any, prefix: str = "") -> list[str]:
+        if not isinstance(d, dict):
+            return [f"{prefix} {d}"]
+        out = []
+        for k in sorted(d):
+            out += flat(d[k], f"{prefix}.{k}" if prefix else str(k))
+        return out
+    emit(args, data, lambda d: "\n".join(flat(d)))
+
+
 def _network_rows(nets: list[dict[str, Any]]) -> str:
     def extra(n: dict[str, Any]) -> str:
         if n.get("driver") != "macvlan":
@@ -375,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "everywhere), then stop the agent").set_defaults(func=cmd_leave)
     sub.add_parser("members", parents=[common], help="cluster members").set_defaults(
         func=cmd_members)
+    sub.add_parser("metrics", parents=[common],
+                   help="this agent's counters (the Prometheus page's, as JSON with --json)"
+                   ).set_defaults(func=cmd_metrics)
 
     net = sub.add_parser("network", help="overlay networks").add_subparsers(
         dest="network_cmd", required=True, parser_class=Parser)

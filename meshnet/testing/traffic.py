@@ -122,14 +122,18 @@ def get(url: str, timeout: float) -> str:
         return r.read().decode().strip()
 
 
-def hits(url: str, n: int, interval: float = 0.0) -> dict[str, object]:
-    """N requests, one connection each; count answers by body (first word) and errors."""
+def hits(url: str, n: int, interval: float = 0.0, seconds: float = 0.0) -> dict[str, object]:
+    """N requests (or, with ``seconds``, as many as fit in that time), one connection
+    each; count answers by body (first word) and errors."""
     import collections
 
     counts: collections.Counter[str] = collections.Counter()
     errors = 0
     log = []
-    for _ in range(n):
+    end = time.monotonic() + seconds
+    i = 0
+    while (time.monotonic() < end) if seconds else (i < n):
+        i += 1
         t = time.time()
         try:
             body = get(url, 2.0)
@@ -196,6 +200,8 @@ def main(argv: list[str]) -> int:
     elif cmd == "hits":
         interval = float(argv[3]) if len(argv) > 3 else 0.0
         print(json.dumps(hits(argv[1], int(argv[2]), interval)))
+    elif cmd == "hitsfor":  # URL SECONDS INTERVAL: requests for that long
+        print(json.dumps(hits(argv[1], 0, float(argv[3]), seconds=float(argv[2]))))
     elif cmd == "udphits":
         print(json.dumps(udphits(argv[1], int(argv[2]), int(argv[3]))))
     elif cmd == "udpsticky":
