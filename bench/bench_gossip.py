@@ -9,8 +9,9 @@ in the same run, on the same lab underlay, timed the same way.
   handler would see 1-3 s later). meshnet runs each preset: ``lan`` (the shipped
   default, memberlist's LAN timings like serf) and ``fast`` (the lab's): equal timings
   first, then the trade-off, with its bytes beside it.
-* Idle traffic: bytes sent per node per second on the underlay interface over 30 s of
-  an idle cluster of the same N, each meshnet preset and serf.
+* Idle traffic: bytes sent per node per second on the underlay interface over 150 s
+  (``MESHNET_BENCH_GOSSIP_IDLE``; five push/pull periods) of an idle cluster of the same
+  N, each meshnet preset and serf.
 * Steady state (a goal, no anchor): N=20 agents of each preset for
   ``MESHNET_BENCH_STEADY`` seconds (default 300) with both cores kept busy by two
   spinning processes; every failed probe (a suspicion) and every false failure is
@@ -192,7 +193,9 @@ def run() -> list[Result]:
     if not shutil.which("serf"):
         raise RuntimeError("serf is not installed (make deps)")
     steady = float(os.environ.get("MESHNET_BENCH_STEADY", "300"))
-    idle = 30.0
+    # several push/pull periods (30 s, jittered, both sides): a shorter window would
+    # catch some nodes' periodic sync and miss others'
+    idle = float(os.environ.get("MESHNET_BENCH_GOSSIP_IDLE", "150"))
     anchor = "serf 0.9.4 agents, LAN profile"
     out = []
     for n in (5, 20):

@@ -1,10 +1,11 @@
 """Churn and load on labs, with the leak and resource figures issue 10 asks for.
 
-* Churn (3 hosts): ``MESHNET_CHURN`` attach/detach cycles (default 1,000, three hosts in
-  parallel) and 200 service create/remove cycles; afterwards count what is left: lab
-  namespaces beyond the hosts, links in host namespaces, FDB/neighbour entries, iptables
-  rules, each agent's open file descriptors, and each agent's RSS against its RSS after
-  a warm-up (goal: back within 10 %). Anchor: the same counts before the churn.
+* Churn (3 hosts): ``MESHNET_CHURN`` attach/detach cycles (default 1,000 in all, spread
+  over three hosts in parallel) and 200 service create/remove cycles; afterwards compare
+  what meshnet owns, by identity (``meshnet.testing.identity``: namespaces, links, every
+  nftables object, FDB and neighbour entries, each agent's open files by kind), with the
+  same before the churn, and each agent's RSS against its RSS after a warm-up (goal: back
+  within 10 %).
 * Load (5 hosts, agents on the LAN gossip preset a deployment runs): 200 endpoints and
   100 services; each agent's RSS (goal <= 60 MB) and idle CPU over 60 s, two periods of
   the reconcilers' 30 s full resync (goal <= 1 %).
@@ -14,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +23,7 @@ from meshnet import netns
 from meshnet.api.client import ApiClient
 from meshnet.lab.lab import Lab
 from meshnet.lab.topology import LabSpec
+from meshnet.testing.identity import diff, snapshot
 
 IDLE_WINDOW = 60  #: seconds; two full-resync periods of every reconciler
 
@@ -37,33 +38,6 @@ def _rss_kb(pid: int) -> int:
 def _cpu_ticks(pid: int) -> int:
     f = open(f"/proc/{pid}/stat").read().split(") ", 1)[1].split()
     return int(f[11]) + int(f[12])
-
-
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _count(ns: str, *cmd: str) -> int:
-    out = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
-                         text=True).stdout
-    return len([ln for ln in out.splitlines() if ln.strip()])
-
-
-def leak_snapshot(lab: Lab) -> dict[str, int]:
-    snap = {"namespaces": len([n for n in netns.list_netns() if lab.spec.name in n])}
-    for h in lab.spec.host_names:
-        ns = lab.spec.host_ns(h)
-        pid = lab.agent_pid(h)
-        snap[f"{h} links"] = _count(ns, "ip", "-o", "link")
-        snap[f"{h} rules"] = len([ln for ln in subprocess.run(
-            ["ip", "netns", "exec", ns, "iptables-save"], capture_output=True,
-            text=True).stdout.splitlines() if "MESHNET" in ln])
-        # least of a few samples: a gossip TCP stream in flight is not a leak
-        snap[f"{h} fds"] = min(_fds(pid) for _ in range(5) if time.sleep(0.2) is None)
-    for sb in [n for n in netns.list_netns() if "-ov-" in n and lab.spec.name in n]:
-        snap[f"{sb} fdb+neigh"] = (_count(sb, "bridge", "fdb", "show", "permanent")
-                                   + _count(sb, "ip", "neigh", "show", "nud", "permanent"))
-    return snap
 
 
 def churn(cycles: int) -> tuple[dict, dict, dict[str, tuple[int, int]]]:
@@ -92,16 +66,20 @@ def churn(cycles: int) -> tuple[dict, dict, dict[str, tuple[int, int]]]:
         cycle("h1", 20)  # warm-up, then the baseline
         time.sleep(2)
         rss0 = {h: _rss_kb(lab.agent_pid(h)) for h in lab.spec.host_names}
-        before = leak_snapshot(lab)
-        per = cycles // 3
+        before = snapshot(lab)
+        hosts = lab.spec.host_names  # exactly ``cycles`` in all, spread over the hosts
+        share = {h: cycles // 3 + (1 if i < cycles % 3 else 0) for i, h in enumerate(hosts)}
         with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda h: cycle(h, per), lab.spec.host_names))
+            list(pool.map(lambda h: cycle(h, share[h]), hosts))
         for i in range(200):
             a.post("/v1/services", {"name": f"s{i % 7}", "network": "app",
                                     "ports": ["80/tcp"]})
             a.delete(f"/v1/services/s{i % 7}")
-        time.sleep(3)
-        after = leak_snapshot(lab)
+        deadline = time.monotonic() + 40  # as the churn test: back to the start, or not
+        after = snapshot(lab)
+        while after != before and time.monotonic() < deadline:
+            time.sleep(2)
+            after = snapshot(lab)
         rss1 = {h: _rss_kb(lab.agent_pid(h)) for h in lab.spec.host_names}
         for nss in names.values():
             for ns in nss:
@@ -153,13 +131,13 @@ def load(endpoints: int, services: int, preset: str = "lan"
 def run() -> list[Result]:
     cycles = int(os.environ.get("MESHNET_CHURN", "1000"))
     before, after, rss = churn(cycles)
-    leaked = {k: after.get(k, 0) - v for k, v in before.items() if after.get(k, 0) != v}
-    leaked.update({k: v for k, v in after.items() if k not in before})
-    out = [Result("scale", f"objects left after {cycles} attach/detach + 200 service "
-                  "create/remove cycles (3 hosts)", "objects",
-                  float(sum(abs(v) for v in leaked.values())), "before the churn", 0.0,
-                  goal="0 leaked", notes=f"churn: differences {leaked or 'none'}; "
-                  f"counts after: {after}")]
+    leaked = diff(before, after)
+    count = sum(len(v["gone"]) + len(v["new"]) for v in leaked.values())
+    out = [Result("scale", f"objects changed after {cycles} attach/detach + 200 service "
+                  "create/remove cycles (3 hosts), by identity", "objects", float(count),
+                  "before the churn", 0.0, goal="0 leaked",
+                  notes=f"churn: differences {leaked or 'none'}; objects compared: "
+                        f"{sum(len(v) for v in after.values() if isinstance(v, list))}")]
     growth = max(r1 / r0 for r0, r1 in rss.values())
     out.append(Result("scale", "agent RSS after churn / after warm-up (worst host)", "x",
                       growth, "goal", 1.10, goal="<= 1.10",

@@ -4,91 +4,14 @@ serving. (The 1,000-cycle churn and the 5-host load figures are `bench.run scale
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import api, ns_exec, settled, wait_until
 
 from meshnet import netns
-
-
-def _lines(ns: str, *cmd: str) -> list[str]:
-    return sorted(ln.strip() for ln in ns_exec(ns, *cmd).stdout.splitlines() if ln.strip())
-
-
-def _nft_objects(ns: str) -> list[str]:
-    """Every nftables rule, set/map line and meshnet-owned chain, as "table/chain: line".
-    Empty built-in chains and tables are left out: iptables-nft makes them on a first
-    rule and never removes them (harmless, and no meshnet object)."""
-    out, table, block, lines = [], "", "", []
-    for raw in ns_exec(ns, "nft", "-s", "list", "ruleset").stdout.splitlines():
-        ln = raw.strip()
-        if ln.startswith("table "):
-            table = ln.rstrip(" {")
-        elif ln.startswith(("chain ", "set ", "map ")):
-            block, lines = ln.rstrip(" {"), []
-        elif ln == "}" and block:
-            owned = any(m in block for m in ("MESHNET", "meshnet", "mn-"))
-            if lines or owned or "meshnet" in table:
-                out.append(f"{table}/{block}")
-            out += [f"{table}/{block}: {x}" for x in lines]
-            block = ""
-        elif ln == "}":
-            table = ""
-        elif block and not ln.startswith(("type ", "policy ")):
-            lines.append(ln)
-    return sorted(out)
-
-
-def _links(ns: str) -> list[str]:
-    """Each link by name, kind and peer/master (not ifindex, which churn moves on)."""
-    out = []
-    for ln in ns_exec(ns, "ip", "-o", "-d", "link").stdout.splitlines():
-        parts = ln.split()
-        name = parts[1].rstrip(":").split("@")[0]
-        kind = next((parts[i + 1] for i, w in enumerate(parts[:-1]) if w in
-                     ("vxlan", "bridge", "veth", "macvlan", "dummy")), "")
-        master = next((parts[i + 1] for i, w in enumerate(parts[:-1]) if w == "master"), "")
-        out.append(f"{name} {kind} {master}".strip())
-    return sorted(out)
-
-
-def _fds(pid: int) -> list[str]:
-    """The agent's open files by kind (socket, pipe, eventpoll, path); the least busy of a
-    few samples: a gossip TCP stream in flight is not a leak."""
-    samples = []
-    for _ in range(5):
-        kinds = []
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            kinds.append(target.split(":[")[0] if ":[" in target else target)
-        samples.append(sorted(kinds))
-        time.sleep(0.2)
-    return min(samples, key=len)
-
-
-def snapshot(lab) -> dict[str, object]:
-    """Everything meshnet owns, by identity: namespaces, links, every nftables object
-    (iptables-nft rules included, so MESHNET chains too), FDB and neighbour entries,
-    and the agent's open files."""
-    snap: dict[str, object] = {
-        "namespaces": sorted(n for n in netns.list_netns() if lab.spec.name in n)}
-    spaces = [lab.spec.host_ns(h) for h in lab.spec.host_names]
-    spaces += [n for n in netns.list_netns() if "-ov-" in n and lab.spec.name in n]
-    for ns in spaces:
-        snap[f"{ns} links"] = _links(ns)
-        snap[f"{ns} nft"] = _nft_objects(ns)
-        snap[f"{ns} fdb"] = _lines(ns, "bridge", "fdb", "show", "permanent")
-        snap[f"{ns} neigh"] = _lines(ns, "ip", "neigh", "show", "nud", "permanent")
-    for h in lab.spec.host_names:
-        snap[f"{h} fds"] = _fds(lab.agent_pid(h))
-    return snap
+from meshnet.testing.identity import diff, snapshot
 
 
 @pytest.mark.parametrize("lb", ["iptables", "nftables"])
@@ -143,13 +66,7 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab, lb):
         wait_until(same, timeout=40, interval=2, what="everything back to the start")
     except AssertionError:
         after = snapshot(lab)
-        diff = {}
-        for k in before.keys() | after.keys():
-            b, a_ = before.get(k) or [], after.get(k) or []
-            if b != a_:
-                diff[k] = {"gone": [x for x in b if x not in a_],
-                           "new": [x for x in a_ if x not in b]}
-        raise AssertionError(f"churn left objects behind: {diff}") from None
+        raise AssertionError(f"churn left objects behind: {diff(before, after)}") from None
     # and the cluster still works: one endpoint (keep) everywhere, the service alive
     for h in lab.spec.host_names:
         eps = api(lab, h).get("/v1/endpoints")
