@@ -125,16 +125,7 @@ def serf_side(n: int, idle: float) -> dict[str, float]:
         time.sleep(idle)
         after = [_tx_bytes(x) for x in s.ns]
         out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0)}
-        victim, seen = f"s{n - 1}", len(s.failed)
-        t1 = time.time()
-        os.killpg(s.procs[-1].pid, signal.SIGKILL)
-
-        def marked() -> list[float] | None:
-            times = [t for t, line in s.failed[seen:]
-                     if re.search(rf"EventMemberFailed: {victim}\b", line)]
-            return times if len(times) >= n - 1 else None
-        out["detect"] = max(_wait(marked, 120, "every serf agent to mark the victim failed",
-                                  interval=0.2)) - t1
+        out["detect"] = s.kill_last_and_detect()
         return out
     finally:
         s.stop()

@@ -188,6 +188,20 @@ class Serf:
                 out.setdefault(f[1], float(f[0]))
         return out
 
+    def kill_last_and_detect(self, timeout: float = 120) -> float:
+        """``kill -9`` the last agent; seconds until every other one logged it failed
+        (its "EventMemberFailed" lines, stamped as they arrived)."""
+        victim, seen = f"s{self.n - 1}", len(self.failed)
+        t0 = time.time()
+        os.killpg(self.procs[-1].pid, signal.SIGKILL)
+
+        def marked() -> list[float] | None:
+            times = [t for t, line in self.failed[seen:]
+                     if re.search(rf"EventMemberFailed: {victim}\b", line)]
+            return times if len(times) >= self.n - 1 else None
+        return max(_wait(marked, timeout, "every serf agent to mark the victim failed",
+                         interval=0.2)) - t0
+
     def stop(self) -> None:
         stop_serf(self.procs, self.lab)
 
@@ -224,16 +238,7 @@ def serf_side(n: int) -> dict[str, float]:
         out["cpu"] = statistics.median((b - a) / span * 100 for a, b in zip(cpu0, cpu1,
                                                                              strict=True))
         out["rss"] = statistics.median(_rss_mb(p) for p in pids)
-        victim = f"s{n - 1}"
-        t0 = time.time()
-        os.killpg(s.procs[-1].pid, signal.SIGKILL)
-
-        def marked() -> list[float] | None:
-            times = [t for t, line in s.failed[failed0:]
-                     if re.search(rf"EventMemberFailed: {victim}\b", line)]
-            return times if len(times) >= n - 1 else None
-        out["detect"] = max(_wait(marked, 120, "every serf agent to mark the victim failed",
-                                  interval=0.5)) - t0
+        out["detect"] = s.kill_last_and_detect()
     finally:
         s.stop()
     return out
