@@ -127,7 +127,7 @@ def py_in(ns: str, *args: str, background: bool = False, timeout: float = 60):
 #: (seconds; docs/operations.md states the same): ``detect`` from a host's death to its
 #: tasks gone from DNS / the load balancer everywhere, ``heal`` from the end of a 30 s
 #: partition to everything (tables, FDB, DNS, LB) back everywhere.
-BOUNDS = {"fast": {"detect": 2.0, "heal": 5.0}, "lan": {"detect": 12.0, "heal": 40.0}}
+BOUNDS = {"fast": {"detect": 3.0, "heal": 5.0}, "lan": {"detect": 12.0, "heal": 40.0}}
 PRESETS = list(BOUNDS)
 
 

@@ -119,9 +119,9 @@ def test_health_check_removes_a_dead_task_within_1s(mesh):
 
 @pytest.mark.parametrize("mesh", PRESETS, indirect=True)
 def test_dead_host_tasks_removed(mesh, request):
-    """A host dies: within the preset's bound of the kill (fast: 2 s; lan: conftest.BOUNDS)
-    its task is out of the VIP's rotation on the client's host, and the mesh from another
-    host never sends to it."""
+    """A host dies: within the preset's bound of the kill (conftest.BOUNDS) its task is
+    out of the VIP's rotation on the client's host, and the mesh from another host never
+    sends to it."""
     lab, web, _, outside = mesh
     bound = BOUNDS[request.node.callspec.params["mesh"]]["detect"]
     client = lab.spec.container_ns("client")
