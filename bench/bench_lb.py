@@ -130,10 +130,6 @@ def _maps(ns: str) -> dict[tuple[str, str], frozenset[str]]:
     return out
 
 
-def _s0_maps(ns: str) -> dict[tuple[str, str], frozenset[str]]:
-    return _maps(ns)
-
-
 def _element_script(have: dict, want: dict) -> str:
     """nft commands taking the maps from ``have`` to ``want``: delete then add elements."""
     lines = []
@@ -142,7 +138,7 @@ def _element_script(have: dict, want: dict) -> str:
         gone = {e.split(" : ")[0] for e in old - new} - {e.split(" : ")[0] for e in new}
         if gone:
             lines.append(f"delete element ip {key[0]} {key[1]} {{ {', '.join(sorted(gone))} }}")
-        changed = [e for e in new - old]
+        changed = list(new - old)
         redo = {e.split(" : ")[0] for e in changed} & {e.split(" : ")[0] for e in old}
         if redo:
             lines.append(f"delete element ip {key[0]} {key[1]} {{ {', '.join(sorted(redo))} }}")
@@ -303,7 +299,7 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
                 netns.remove(scratch, kill=False)
             for change in ("delete", "put", "delete", "put"):
                 for (n, sandbox, _, _, store, gone), rec in zip(setups, recs, strict=True):
-                    maps = _s0_maps(sandbox)
+                    maps = _maps(sandbox)
                     _quiet()
                     t0 = time.perf_counter()
                     _flip(store, gone, change)
@@ -315,12 +311,12 @@ def measure_nft(sizes: tuple[int, ...], tag: str) -> dict[int, dict[str, list[fl
                     out[n]["one_script"].append(float(bool(ops[0].script)))
                     # anchor: the same element change by hand (undo it untimed, redo it
                     # timed: the kernel ends where meshnet left it)
-                    before, after = maps, _s0_maps(sandbox)
+                    before, after = maps, _maps(sandbox)
                     assert before != after, "the change touched no map element"
                     _nft(sandbox, _element_script(after, before))
                     _quiet()
                     out[n]["one_anchor"].append(_nft(sandbox, _element_script(before, after)))
-                    assert _s0_maps(sandbox) == after
+                    assert _maps(sandbox) == after
             for (_, sandbox, _, _, store, _g), rec in zip(setups, recs, strict=True):
                 store.listeners.remove(rec.note)
                 netns.remove(sandbox, kill=False)
