@@ -67,10 +67,9 @@ class Cluster:
         self.node = config.node_name
         self.addr = config.advertise_addr
         self.rng = rng or random.Random()
-        fast = config.gossip_preset == "fast"
-        self.gossip_config = GossipConfig.fast() if fast else GossipConfig.lan()
-        self.table_config = replace(TableConfig.fast() if fast else TableConfig.lan(),
-                                    cluster_tables=CLUSTER_TABLES)
+        preset = config.gossip_preset
+        self.gossip_config = getattr(GossipConfig, preset)()
+        self.table_config = replace(getattr(TableConfig, preset)(), cluster_tables=CLUSTER_TABLES)
         if config.tombstone_lifetime:
             self.table_config = replace(self.table_config,
                                         reap_interval=float(config.tombstone_lifetime))
@@ -104,7 +103,7 @@ class Cluster:
         #: members whose agent is down while their host still answers
         self.answering: set[str] = set()
         self._checks: dict[str, asyncio.Task[None]] = {}
-        fast = config.gossip_preset == "fast"
+        fast = config.gossip_preset in ("fast", "swift")
         self.host_probe_timeout = 0.5 if fast else 1.0
         self.host_probe_interval = 1.0 if fast else 2.0  #: the first re-probe; doubles
         self.host_probe_max_interval = 8.0 if fast else 30.0

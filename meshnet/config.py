@@ -13,7 +13,7 @@ Example ``/etc/meshnet/config.toml``::
     join = ["10.0.0.6", "10.0.0.7:7946"]
     api = "/run/meshnet/api.sock"
     lb = "auto"
-    gossip-preset = "lan"
+    gossip-preset = "swift"
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class AgentConfig:
     lb: str = "auto"  #: load balancer backend: auto, ipvs, iptables, nftables
     runtime: str = "netns"  #: where endpoints come from: netns or docker
     metrics: str = ""  #: ADDR:PORT for Prometheus metrics; empty: off
-    gossip_preset: str = "lan"  #: lan (memberlist defaults) or fast (small clusters)
+    gossip_preset: str = "swift"  #: swift (default), lan (memberlist/serf), fast
     underlay_mtu: int = 0  #: 0: detect from the interface holding the advertise address
     state_dir: str = "/var/lib/meshnet"  #: durable tables and restart state (keep it on disk)
     log_level: str = "info"
@@ -110,7 +110,7 @@ class AgentConfig:
             parse_hostport(j, GOSSIP_PORT, "join address")
         _choice(self.lb, ("auto", "ipvs", "iptables", "nftables"), "lb")
         _choice(self.runtime, ("netns", "docker"), "runtime")
-        _choice(self.gossip_preset, ("lan", "fast"), "gossip-preset")
+        _choice(self.gossip_preset, ("swift", "lan", "fast"), "gossip-preset")
         _choice(self.log_level, ("debug", "info", "warning", "error"), "log-level")
         if self.metrics:
             parse_hostport(self.metrics, 0, "metrics address")

@@ -52,7 +52,7 @@ def status(lab, c, *args):
 def cluster(make_lab, request):
     # the first upstream is a black hole: a host that answers ARP and drops everything
     # (no ICMP, no RST: the forwarder learns nothing but silence)
-    preset = getattr(request, "param", "fast")
+    preset = getattr(request, "param", "swift")
     lab = make_lab(hosts=3, agent_args=["--dns-upstream", BLACK_HOLE,
                                         "--dns-upstream", RESOLVER_ADDR,
                                         *preset_args(preset)])

@@ -17,7 +17,7 @@ PY = [sys.executable, "-m", "meshnet.testing.traffic"]
 
 @pytest.fixture
 def cluster(make_lab, request):
-    lab = make_lab(hosts=3, agent_args=preset_args(getattr(request, "param", "fast")))
+    lab = make_lab(hosts=3, agent_args=preset_args(getattr(request, "param", "swift")))
     overlay_setup(lab, "app", "10.130.0.0/24")
     api(lab, "h1").post("/v1/services", {"name": "web", "network": "app", "ports": ["80/tcp"]})
     for i in (1, 2, 3):

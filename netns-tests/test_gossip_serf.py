@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,14 @@ def test_five_node_cluster_and_failure_detection(make_lab, serfs, seed):
     # (a serf agent that missed the gossip of a join learns it by its next push/pull: 30 s)
     wait_until(all_alive, timeout=40, what="5 members alive everywhere")
     assert s1.tags()["h1"].get("role") == "meshnet"
+    # serf never suspected a live meshnet agent (memberlist logs each suspicion it starts
+    # and each it hears); serf probes every second: give it 20 probes
+    time.sleep(10)
+    for s in (s1, s2):
+        text = (lab.spec.state_dir / f"serf-{s.name}.log").read_text(errors="replace")
+        assert "memberlist" in text  # the log is live (it says who it talks to)
+        hits = [ln for ln in text.splitlines() if re.search(r"[Ss]uspect (h1|h2|h3)\b", ln)]
+        assert not hits, hits
 
     # kill -9 of a serf agent: every meshnet agent marks it failed
     s2.kill()

@@ -65,7 +65,7 @@ def lb(request):
 @pytest.fixture
 def mesh(make_lab, lb, request):
     """3 task hosts (h1..h3) + h4 with no task; an outside client at 192.0.2.9."""
-    preset = getattr(request, "param", "fast")
+    preset = getattr(request, "param", "swift")
     lab = make_lab(hosts=4, agent_args=("--lb", lb, *preset_args(preset)))
     overlay_setup(lab, "app", "10.100.0.0/24")
     a = api(lab, "h1")

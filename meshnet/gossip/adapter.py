@@ -18,6 +18,8 @@ Design notes
   loop iteration and runs due timers in that same iteration, so after a stall of the
   process (a busy box), an ack queued behind other packets would otherwise arrive
   "after" the deadline it beat, and a live peer would be suspected.
+* The core's ``wall_offset`` (wall clock minus loop clock, taken at start) lines up
+  the probe rounds of ``probe_ring`` presets across hosts; only round numbers use it.
 * Socket errors are operational, not bugs: they are logged at debug level and the
   core sees a failed stream / a lost datagram, which SWIM tolerates by design.
 """
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from meshnet.gossip.core import Memberlist
@@ -89,6 +92,8 @@ class GossipAdapter:
             raise
         self._sock = sock
         self._server = await asyncio.start_server(self._serve, self.bind[0], self.bind[1])
+        # probe rounds (``probe_ring``) line up across hosts on the wall clock
+        self.core.wall_offset = time.time() - self.now()
         self.core.start(self.now())
         self._pump()
 

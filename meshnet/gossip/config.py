@@ -78,6 +78,11 @@ class GossipConfig:
     reconnect_interval: float = 30.0
     """Like serf: push/pull (Join=true) with a random failed member this often, which
     is what heals a partition after both sides declared each other dead (0 = off)."""
+    reconnect_ping: bool = False
+    """Reconnect by UDP ping instead: every ``reconnect_interval`` x max(1, n/100), ping
+    the next failed member in turn (not a random one with probability failed/alive);
+    an ack starts the Join push/pull. Nothing is sent while no member is failed, and a
+    node whose view of one member stayed wrong after a heal corrects it in seconds."""
     reconnect_timeout: float = 24 * 3600.0
     """Stop trying to reconnect to a failed member after this long."""
     dead_node_reclaim_time: float = 0.0
@@ -87,6 +92,23 @@ class GossipConfig:
     the suspicion timeouts, grow as n / scale_knee, up to ``scale_max`` times: for
     presets whose timings only suit small clusters (``fast``)."""
     scale_max: float = 1.0
+    probe_ring: bool = False
+    """Probe in rounds of ``probe_interval`` aligned to the clock (the driver sets the
+    core's ``wall_offset``), round r: the member at sorted position i probes position
+    i + 1 + (r mod (n - 1)). Every member is then probed by someone exactly once per
+    round (memberlist's shuffled lists: ~63 %), so a dead one is found within a round."""
+    nack_confirms: bool = False
+    """The relays of an indirect probe that answered with a nack (they could not reach
+    the target either) count as independent confirmations of the suspicion it starts."""
+    suspicion_min: float = 0.0
+    """Absolute minimum suspicion timeout in seconds (0: memberlist's formula)."""
+    suspicion_max: float = 0.0
+    """Absolute maximum suspicion timeout in seconds (0: ``suspicion_max_timeout_mult`` x
+    the minimum)."""
+    direct_notify: bool = False
+    """Besides gossip: a suspicion we start goes straight to the accused (it refutes at
+    once), a refutation straight back to the accuser, and a death our own timer
+    declares to every live member (one packet each, once per failure)."""
     late_threshold: float = 0.0
     """A timer that fires more than this late (seconds; 0: off) means our own CPU or
     event loop is short: the health score goes up as for a missed nack (Lifeguard's local
@@ -106,6 +128,8 @@ class GossipConfig:
             raise ConfigError("gossip multipliers must be >= 1")
         if self.udp_buffer_size < 200:
             raise ConfigError("gossip udp_buffer_size is too small")
+        if self.suspicion_min < 0 or self.suspicion_max < self.suspicion_min:
+            raise ConfigError("gossip 0 <= suspicion_min <= suspicion_max")
         if self.scale_knee < 0 or self.scale_max < 1 or self.late_threshold < 0:
             raise ConfigError("gossip scale_knee >= 0, scale_max >= 1, late_threshold >= 0")
 
@@ -150,6 +174,26 @@ class GossipConfig:
             scale_knee=16,
             scale_max=5.0,
             late_threshold=0.05,
+        )
+
+    @classmethod
+    def swift(cls) -> GossipConfig:
+        """meshnet's default: detection in about a second, serf's bandwidth (see notes)."""
+        return cls(
+            probe_interval=0.5,
+            probe_timeout=0.2,
+            gossip_interval=0.2,
+            suspicion_mult=4,
+            suspicion_min=0.6,
+            suspicion_max=3.0,
+            push_pull_interval=60.0,
+            tcp_timeout=2.0,
+            reconnect_interval=1.0,
+            reconnect_ping=True,
+            probe_ring=True,
+            nack_confirms=True,
+            direct_notify=True,
+            late_threshold=0.1,
         )
 
     def replace(self, **changes: object) -> GossipConfig:

@@ -101,6 +101,10 @@ class Memberlist:
         self._aw = Awareness(config.awareness_max_multiplier)
         self._late_at = -1e18
         self._ms = Membership(config, name, rng, self._bq, self._aw, self.metrics)
+        self._ms.send = lambda rec, msg: self._send_msg(rec.address, msg, rec)
+        #: wall clock minus ``now``'s clock: aligns ``probe_ring`` rounds across hosts
+        #: (the driver sets it; the simulation shares one clock and leaves 0)
+        self.wall_offset = 0.0
         self._limits = Limits(config.max_stream_bytes, config.max_decompressed_bytes,
                               config.max_push_nodes)
         self._outbox: list[tuple[bytes, Address]] = []
@@ -110,6 +114,8 @@ class Memberlist:
         self._started = False
         self._next_gossip = self._next_push_pull = INF
         self._next_reconnect = INF
+        self._reconnect_waits: dict[int, tuple[str, Address, float]] = {}
+        self._reconnect_last = ""
         self._serf_ltime = 0
         self._leave_phase: str | None = None  # None, "intent", "dead"
         self._leave_intent: Broadcast | None = None
@@ -129,6 +135,8 @@ class Memberlist:
                              self.config.vsn), now, bootstrap=True)
         c = self.config
         self._prober.schedule(now + self.rng.uniform(0, c.probe_interval))
+        if c.probe_ring:
+            self._prober.schedule(self._prober._next_ring_start(now))
         self._next_gossip = now + self.rng.uniform(0, c.gossip_interval)
         if c.push_pull_interval > 0:
             self._next_push_pull = now + self.rng.uniform(0, c.push_pull_interval)
@@ -306,7 +314,7 @@ class Memberlist:
         elif isinstance(msg, Ack):
             self._prober.on_ack(msg, now)
         elif isinstance(msg, Nack):
-            self._prober.on_nack(msg)
+            self._prober.on_nack(msg, src)
         elif isinstance(msg, Alive):
             self._ms.alive(msg, now)
         elif isinstance(msg, Suspect):
@@ -447,11 +455,48 @@ class Memberlist:
             self._next_push_pull = now + self.push_pull_period()
             self._sync.periodic_push_pull(now)
         if now >= self._next_reconnect:
-            self._next_reconnect = now + self.config.reconnect_interval
-            self._sync.reconnect(now)
+            if self.config.reconnect_ping:
+                scale = max(1.0, self._ms.num_nodes() / 100)
+                self._next_reconnect = now + self.config.reconnect_interval * scale
+                self._reconnect_ping(now)
+            else:
+                self._next_reconnect = now + self.config.reconnect_interval
+                self._sync.reconnect(now)
         self._leave_progress(now)
         # Last: a confirmation earlier in this tick may have pulled a deadline to now.
         self._ms.expire_suspicions(now)
+
+    def _reconnect_ping(self, now: float) -> None:
+        """``reconnect_ping``: ping the next failed member (in name order, in turn)."""
+        failed = self._ms.failed
+        for name, (_, since) in list(failed.items()):
+            if now - since > self.config.reconnect_timeout:
+                del failed[name]
+        for seq, (_, _, deadline) in list(self._reconnect_waits.items()):
+            if now >= deadline:
+                del self._reconnect_waits[seq]
+        if not failed or self._leave_phase is not None:
+            return
+        names = sorted(failed)
+        later = [n for n in names if n > self._reconnect_last]
+        name = later[0] if later else names[0]
+        self._reconnect_last = name
+        addr = failed[name][0]
+        seq = self._next_seq()
+        self._reconnect_waits[seq] = (name, addr, now + self.config.tcp_timeout)
+        self.metrics["reconnect.pings"] += 1
+        self._send_msg(addr, codec.encode(Ping(seq, name, self._addr_wire, self.port, self.name)))
+
+    def _other_ack(self, seq: int, now: float) -> bool:
+        """An ack that is not a probe's nor a relay's: a reconnect ping's answer."""
+        wait = self._reconnect_waits.pop(seq, None)
+        if wait is None:
+            return False
+        name, addr, _ = wait
+        if name in self._ms.failed:
+            self.metrics["reconnect.attempts"] += 1
+            self._sync.start_push_pull(addr, True, now, None)
+        return True
 
     def _leave_progress(self, now: float) -> None:
         if self._leave_phase != "intent":

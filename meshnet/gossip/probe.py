@@ -21,6 +21,7 @@ Design notes
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class ProbeState:
     expected_nacks: int = 0
     nacks: int = 0
     fallback_ok: bool = False
+    relays: dict[Address, str] | None = None
+    nacked_by: set[str] | None = None
 
 
 @dataclass
@@ -76,12 +79,15 @@ class ProbeNode(Protocol):
     _ms: Membership
     _aw: Awareness
     _addr_wire: bytes
+    wall_offset: float
 
     def _send_msg(self, addr: Address, msg: bytes, node: NodeRecord | None = None) -> None: ...
 
     def _raw_send(self, addr: Address, packet: bytes, node: NodeRecord | None) -> None: ...
 
     def _next_seq(self) -> int: ...
+
+    def _other_ack(self, seq: int, now: float) -> bool: ...
 
     def _k_random(self, k: int, skip: Callable[[NodeRecord], bool]) -> list[NodeRecord]: ...
 
@@ -104,6 +110,9 @@ class Prober:
         self._probe_waits: dict[int, ProbeState] = {}
         self._relays: dict[int, RelayState] = {}
         self._next_probe = INF
+        self._ring: tuple[int, list[NodeRecord], int] | None = None  # (version, sorted, own index)
+        # where in each round this node probes (spreads a cluster's probes over the round)
+        self._ring_phase = zlib.crc32(node.name.encode()) % 1000 / 1000 * 0.5
 
     def schedule(self, at: float) -> None:
         """The first probe (the node's start staggers it)."""
@@ -154,15 +163,19 @@ class Prober:
             return
         p = self._probe_waits.pop(ack.seq_no, None)
         if p is None:
-            self.n.metrics["ack.unexpected"] += 1
+            if not self.n._other_ack(ack.seq_no, now):
+                self.n.metrics["ack.unexpected"] += 1
             return
         if p is self._probe:
             self._probe_succeeded(p, now)
 
-    def on_nack(self, nack: Nack) -> None:
+    def on_nack(self, nack: Nack, src: Address | None = None) -> None:
         p = self._probe_waits.get(nack.seq_no)
         if p is not None:
             p.nacks += 1
+            name = p.relays.get(src) if p.relays and src is not None else None
+            if name is not None and p.nacked_by is not None:
+                p.nacked_by.add(name)
 
     def relay_tick(self, now: float) -> None:
         for seq, r in list(self._relays.items()):
@@ -181,7 +194,36 @@ class Prober:
         if self._probe is None and now >= self._next_probe:
             self._start_probe(now)
 
+    def _round_length(self) -> float:
+        return self.n.config.probe_interval * self.n._ms.interval_scale
+
+    def _ring_target(self, now: float) -> NodeRecord | None:
+        ms = self.n._ms
+        if self._ring is None or self._ring[0] != ms.version:
+            live = sorted((r for r in ms.nodes.values()
+                           if r.state in (NodeState.ALIVE, NodeState.SUSPECT)),
+                          key=lambda r: r.name)
+            mine = next((i for i, r in enumerate(live) if r.name == self.n.name), -1)
+            self._ring = (ms.version, live, mine)
+        _, live, mine = self._ring
+        n = len(live)
+        if n < 2 or mine < 0:
+            return None
+        r = int((now + self.n.wall_offset) // self._round_length())
+        return live[(mine + 1 + r % (n - 1)) % n]
+
+    def _next_ring_start(self, now: float) -> float:
+        """The next round's start plus this node's phase, at least one scaled interval
+        (health score) after ``now``'s round."""
+        length = self._round_length()
+        t = now + self.n.wall_offset
+        rounds = self.n._aw.score + 1
+        start = (t // length + rounds) * length + self._ring_phase * length
+        return start - self.n.wall_offset
+
     def _pick_target(self, now: float) -> NodeRecord | None:
+        if self.n.config.probe_ring:
+            return self._ring_target(now)
         checked = 0
         while checked < len(self.n._ms.order):
             if self._probe_index >= len(self.n._ms.order):
@@ -205,6 +247,9 @@ class Prober:
         seq = self.n._next_seq()
         interval = self.n._aw.scale(self.n.config.probe_interval * self.n._ms.interval_scale)
         p = ProbeState(rec, rec.incarnation, seq, now, now + self.n.config.probe_timeout, now + interval)
+        if self.n.config.probe_ring:
+            # the probe must end before the next round's probe starts
+            p.deadline = min(p.deadline, self._next_ring_start(now) - 1e-3)
         self._probe = p
         self._probe_waits[seq] = p
         ping = codec.encode(Ping(seq, rec.name, self.n._addr_wire, self.n.port, self.n.name))
@@ -223,9 +268,13 @@ class Prober:
         peers = self.n._k_random(
             self.n.config.indirect_checks,
             lambda r: r.name in (self.n.name, target.name) or r.state != NodeState.ALIVE)
+        if self.n.config.nack_confirms:
+            p.relays, p.nacked_by = {}, set()
         for peer in peers:
             nack = peer.pmax >= 4
             p.expected_nacks += nack
+            if p.relays is not None:
+                p.relays[peer.address] = peer.name
             ind = IndirectPing(p.seq, addr_to_wire(target.addr), target.port, target.name, nack,
                                self.n._addr_wire, self.n.port, self.n.name)
             self.n._send_msg(peer.address, codec.encode(ind), peer)
@@ -250,10 +299,18 @@ class Prober:
             self.n._aw.apply_delta(1)
         self.n.metrics["probe.failed"] += 1
         self.n._ms.suspect(Suspect(p.incarnation, p.target.name, self.n.name), now)
+        for relay in sorted(p.nacked_by or ()):
+            # it could not reach the target either: an independent confirmation
+            if self.n._ms.confirm(p.target.name, relay):
+                self.n.metrics["suspect.nack_confirmed"] += 1
 
     def _end_probe(self, p: ProbeState, now: float) -> None:
         self._probe = None
         self._probe_waits.pop(p.seq, None)
+        if self.n.config.probe_ring:
+            # (the health score skips rounds: a node short of CPU probes less often)
+            self._next_probe = self._next_ring_start(p.start)
+            return
         # (scaled by the health score too: a node short of CPU probes less often)
         self._next_probe = max(
             p.start + self.n._aw.scale(self.n.config.probe_interval * self.n._ms.interval_scale), now)

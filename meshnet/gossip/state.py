@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from random import Random
 
@@ -110,6 +111,10 @@ class Membership:
         # Failed (not left) members we keep trying to reconnect to, like serf:
         # name -> (address, time it failed). Survives reaping from ``nodes``.
         self.failed: dict[str, tuple[tuple[str, int], float]] = {}
+        #: bumped whenever a member is added, removed or changes state (probe ring cache)
+        self.version = 0
+        #: the core's point-to-point send, for ``direct_notify`` (None: gossip only)
+        self.send: Callable[[NodeRecord, bytes], None] | None = None
 
     # -- helpers -------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class Membership:
             self.order.append(rec)
             i = self.rng.randrange(len(self.order))
             self.order[i], self.order[-1] = self.order[-1], self.order[i]
+            self.version += 1
         elif (rec.addr, rec.port) != (addr, port):
             reclaim = (self.config.dead_node_reclaim_time > 0
                        and now - rec.state_change > self.config.dead_node_reclaim_time)
@@ -186,6 +192,7 @@ class Membership:
             if rec.state != NodeState.ALIVE:
                 rec.state = NodeState.ALIVE
                 rec.state_change = now
+                self.version += 1
             self.failed.pop(rec.name, None)
         if old_state in (NodeState.DEAD, NodeState.LEFT):
             if rec.state == NodeState.ALIVE:
@@ -198,6 +205,8 @@ class Membership:
     def suspect(self, s: Suspect, now: float) -> None:
         rec = self.nodes.get(s.node)
         if rec is None or s.incarnation < rec.incarnation:
+            if rec is not None and rec.name == self.local_name:
+                self._correct_stale(rec, s.from_)
             return
         timer = self.suspicions.get(s.node)
         if timer is not None:
@@ -207,19 +216,30 @@ class Membership:
         if rec.state != NodeState.ALIVE:
             return
         if rec.name == self.local_name:
-            self.refute(rec, s.incarnation)
+            self.refute(rec, s.incarnation, accuser=s.from_)
             self.metrics["refute.suspect"] += 1
             return
         self._gossip(s)
         rec.incarnation = s.incarnation
         rec.state = NodeState.SUSPECT
         rec.state_change = now
+        self.version += 1
+        c = self.config
         n = self.num_nodes()
-        k = confirmations_wanted(self.config.suspicion_mult, n)
-        lo = suspicion_timeout(self.config.suspicion_mult, n,
-                               self.config.probe_interval * self.interval_scale)
-        hi = self.config.suspicion_max_timeout_mult * lo
+        k = confirmations_wanted(c.suspicion_mult, n)
+        lo = c.suspicion_min or suspicion_timeout(c.suspicion_mult, n,
+                                                  c.probe_interval * self.interval_scale)
+        hi = c.suspicion_max or c.suspicion_max_timeout_mult * lo
         self.suspicions[s.node] = Suspicion(s.from_, k, lo, hi, now, s.incarnation)
+        if s.from_ == self.local_name and self.send is not None and c.direct_notify:
+            # our own probe failed: the accused hears it now and can refute at once
+            self.metrics["sent.suspect.direct"] += 1
+            self.send(rec, codec.encode(s))
+
+    def confirm(self, name: str, from_node: str) -> bool:
+        """Count ``from_node`` as an independent accuser of ``name`` (nack confirmations)."""
+        timer = self.suspicions.get(name)
+        return timer is not None and timer.confirm(from_node)
 
     def expire_suspicions(self, now: float) -> None:
         for name, timer in list(self.suspicions.items()):
@@ -229,7 +249,18 @@ class Membership:
             rec = self.nodes.get(name)
             if rec is not None and rec.state == NodeState.SUSPECT and rec.state_change == timer.start:
                 self.metrics["suspect.timeout"] += 1
-                self.dead(Dead(rec.incarnation, name, self.local_name), now)
+                d = Dead(rec.incarnation, name, self.local_name)
+                self.dead(d, now)
+                if self.send is not None and self.config.direct_notify:
+                    # our timer declared it: every live member hears it now, not in
+                    # log(n) gossip rounds
+                    msg = codec.encode(d)
+                    # (the accused too: if it lives after all, it answers at once)
+                    for peer in list(self.nodes.values()):
+                        if peer.name != self.local_name and (peer.name == name or peer.state in (
+                                NodeState.ALIVE, NodeState.SUSPECT)):
+                            self.metrics["sent.dead.direct"] += 1
+                            self.send(peer, msg)
 
     def next_suspicion_deadline(self) -> float:
         return min((t.deadline for t in self.suspicions.values()), default=float("inf"))
@@ -239,18 +270,21 @@ class Membership:
     def dead(self, d: Dead, now: float) -> Broadcast | None:
         rec = self.nodes.get(d.node)
         if rec is None or d.incarnation < rec.incarnation:
+            if rec is not None and rec.name == self.local_name:
+                self._correct_stale(rec, d.from_)
             return None
         self.suspicions.pop(d.node, None)
         if rec.state in (NodeState.DEAD, NodeState.LEFT):
             return None
         if rec.name == self.local_name and not self.leaving:
-            self.refute(rec, d.incarnation)
+            self.refute(rec, d.incarnation, accuser=d.from_)
             self.metrics["refute.dead"] += 1
             return None
         b = self._gossip(d)
         rec.incarnation = d.incarnation
         rec.state = NodeState.LEFT if d.node == d.from_ else NodeState.DEAD
         rec.state_change = now
+        self.version += 1
         if rec.state == NodeState.DEAD and rec.name != self.local_name:
             self.failed[rec.name] = (rec.address, now)
         else:
@@ -260,14 +294,32 @@ class Membership:
 
     # -- refute --------------------------------------------------------------
 
-    def refute(self, rec: NodeRecord, accused: int) -> None:
+    def _correct_stale(self, rec: NodeRecord, accuser: str) -> None:
+        """An accusation of us older than our incarnation (we refuted already, and the
+        accuser missed it): memberlist ignores it, which leaves the accuser's view wrong
+        until a push/pull. With ``direct_notify``, send the accuser our current alive."""
+        peer = self.nodes.get(accuser)
+        if (peer is None or peer is rec or self.send is None or not self.config.direct_notify
+                or self.leaving):
+            return
+        self.metrics["sent.alive.correction"] += 1
+        self.send(peer, codec.encode(Alive(rec.incarnation, rec.name, addr_to_wire(rec.addr),
+                                           rec.port, rec.meta, self.config.vsn)))
+
+    def refute(self, rec: NodeRecord, accused: int, accuser: str | None = None) -> None:
         inc = self.next_incarnation()
         if accused >= inc:
             self.incarnation = inc = accused + 1
         rec.incarnation = inc
         self.awareness.apply_delta(1)
-        self._gossip(Alive(inc, rec.name, addr_to_wire(rec.addr), rec.port, rec.meta,
-                           self.config.vsn))
+        a = Alive(inc, rec.name, addr_to_wire(rec.addr), rec.port, rec.meta, self.config.vsn)
+        self._gossip(a)
+        peer = self.nodes.get(accuser) if accuser else None
+        if (peer is not None and peer is not rec and self.send is not None
+                and self.config.direct_notify):
+            # the accuser holds the shortest timer: answer it straight away
+            self.metrics["sent.alive.direct"] += 1
+            self.send(peer, codec.encode(a))
 
     # -- push/pull -----------------------------------------------------------
 
@@ -320,6 +372,7 @@ class Membership:
                     and now - rec.state_change > limit):
                 del self.nodes[rec.name]
                 self.suspicions.pop(rec.name, None)
+                self.version += 1
                 self.metrics["reaped"] += 1
             else:
                 keep.append(rec)

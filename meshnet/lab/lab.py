@@ -226,7 +226,6 @@ class Lab:
             "--node", host,
             "--bind", spec.host_addr(host),
             "--api", spec.api_socket(host),
-            "--gossip-preset", "fast",
             "--state-dir", str(spec.state_dir / host),
             "--underlay-mtu", str(spec.underlay_mtu),
             "--netns-prefix", f"{spec.host_ns(host)}-",

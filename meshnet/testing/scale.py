@@ -20,13 +20,15 @@ from meshnet.testing.tablesim import settled
 LAN = GossipConfig.lan().replace(enable_compression=False)
 
 
-def membership(n: int, loss: float, seed: int, window: float) -> dict[str, float]:
-    """A settled cluster of ``n`` LAN-preset cores idles for ``window`` virtual seconds
-    (false suspicions/failures, bytes per node per second), then one is killed."""
+def membership(n: int, loss: float, seed: int, window: float,
+               config: GossipConfig = LAN) -> dict[str, float]:
+    """A settled cluster of ``n`` cores (memberlist's LAN preset unless ``config``) idles
+    for ``window`` virtual seconds (false suspicions/failures, bytes per node per
+    second), then one is killed: ``detect_s`` is when the last live node marks it dead."""
     f = Fabric(seed=seed, loss=loss)
     names = [f"n{i:05d}" for i in range(n)]
     for name in names:
-        f.add(name, LAN, meta=meshnet_meta())
+        f.add(name, config, meta=meshnet_meta())
     f.seed_full_view()
     f.run_for(2.0)  # every node past its first staggered probe
     cores = [x.core for x in f.nodes.values()]
@@ -40,6 +42,7 @@ def membership(n: int, loss: float, seed: int, window: float) -> dict[str, float
         "bytes_node_s": (f.udp_bytes + f.tcp_bytes - b0) / n / window,
     }
     victim = names[n // 2]
+    f.run_for(random.Random(seed).uniform(0.0, 1.0))  # kill at any phase of a round
     f.kill(victim)
     others = [f.nodes[x].core for x in names if x != victim]
 
