@@ -137,6 +137,8 @@ class Serf:
         self.lab.up()
         self.procs: list[subprocess.Popen] = []
         self.failed: list[tuple[float, str]] = []
+        #: (arrival time, agent index, line) of every member event and suspicion logged
+        self.seen: list[tuple[float, int, str]] = []
         self.dir = self.lab.spec.state_dir
         self.events = self.dir / "events.log"
         handler = self.dir / "handler.sh"
@@ -159,17 +161,20 @@ class Serf:
                 ["nsenter", f"--net=/run/netns/{ns}", *cmd], stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True)
             self.procs.append(proc)
-            threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+            threading.Thread(target=self._read, args=(proc, i), daemon=True).start()
             if not i:
                 time.sleep(0.3)
 
-    def _read(self, proc: subprocess.Popen) -> None:
+    def _read(self, proc: subprocess.Popen, i: int) -> None:
         # serf logs with one-second timestamps; stamp each line as it arrives instead.
         # "EventMemberFailed" is logged when memberlist declares the death, before the
-        # agent's event coalescing (which would add 1-3 s to a handler's view).
+        # agent's event coalescing (which would add 1-3 s to a handler's view); likewise
+        # "EventMemberJoin"; memberlist logs "Suspect X has failed" when a probe fails.
         for raw in proc.stdout:  # type: ignore[union-attr]
             if b"EventMemberFailed" in raw:
                 self.failed.append((time.time(), raw.decode(errors="replace")))
+            if b"EventMember" in raw or b"Suspect" in raw:
+                self.seen.append((time.time(), i, raw.decode(errors="replace")))
 
     def alive(self, i: int) -> int:
         r = subprocess.run(["nsenter", f"--net=/run/netns/{self.ns[i]}", "serf", "members",
@@ -188,17 +193,20 @@ class Serf:
                 out.setdefault(f[1], float(f[0]))
         return out
 
-    def kill_last_and_detect(self, timeout: float = 120) -> float:
-        """``kill -9`` the last agent; seconds until every other one logged it failed
-        (its "EventMemberFailed" lines, stamped as they arrived)."""
-        victim, seen = f"s{self.n - 1}", len(self.failed)
+    def kill_last_and_detect(self, timeout: float = 120, index: int | None = None,
+                             dead: int = 0) -> float:
+        """``kill -9`` the last agent (or agent ``index``); seconds until every other one
+        (but ``dead`` already killed) logged it failed ("EventMemberFailed", stamped as
+        it arrived)."""
+        index = self.n - 1 if index is None else index
+        victim, seen = f"s{index}", len(self.failed)
         t0 = time.time()
-        os.killpg(self.procs[-1].pid, signal.SIGKILL)
+        os.killpg(self.procs[index].pid, signal.SIGKILL)
 
         def marked() -> list[float] | None:
             times = [t for t, line in self.failed[seen:]
                      if re.search(rf"EventMemberFailed: {victim}\b", line)]
-            return times if len(times) >= self.n - 1 else None
+            return times if len(times) >= self.n - 1 - dead else None
         return max(_wait(marked, timeout, "every serf agent to mark the victim failed",
                          interval=0.2)) - t0
 

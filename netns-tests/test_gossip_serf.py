@@ -155,6 +155,27 @@ def test_five_node_cluster_and_failure_detection(make_lab, serfs, seed):
     assert_no_serf_decode_errors(s1)
 
 
+#: three plaintext memberlist pings to h1 from 192.0.2.6; prints whether any answer came
+PLAIN_PING = """
+import socket
+from meshnet.gossip import codec
+from meshnet.gossip.messages import Ping, addr_to_wire
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.6", 7950))
+s.settimeout(1.0)
+got = False
+for seq in (1, 2, 3):
+    s.sendto(codec.encode(Ping(seq, "h1", addr_to_wire("192.0.2.6"), 7950, "h6")),
+             ("192.0.2.1", 7946))
+    try:
+        s.recvfrom(65536)
+        got = True
+    except TimeoutError:
+        pass
+print("answered" if got else "no answer")
+"""
+
+
 def test_encrypted_cluster_and_wrong_key_is_kept_out(make_lab, serfs):
     key = generate_key()
     lab = make_lab(hosts=3, agent_args=["--encrypt-key", key])
@@ -185,6 +206,14 @@ def test_encrypted_cluster_and_wrong_key_is_kept_out(make_lab, serfs):
         wait_until(lambda: rejected_by(lab, "h1", "192.0.2.6", "plaintext_when_encrypted") and
                    "encrypted_without_key" in (lab.spec.state_dir / "h6.log").read_text(),
                    timeout=20, what="the keyless agent tried and h1 dropped its packets")
+        # a plaintext UDP ping to h1 (the datagram path, not the join's TCP): no ack, and
+        # h1 counts it dropped
+        drops0 = api(lab, "h1").get("/v1/metrics")["gossip"].get("drop.plaintext_when_encrypted", 0)
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PLAIN_PING],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "no answer", r.stdout + r.stderr
+        wait_until(lambda: api(lab, "h1").get("/v1/metrics")["gossip"].get(
+            "drop.plaintext_when_encrypted", 0) >= drops0 + 3, what="h1 dropped the pings")
         time.sleep(3)
         for h in MESH:
             assert "h6" not in meshnet_members(lab, h) and "bad1" not in meshnet_members(lab, h)

@@ -14,6 +14,12 @@ Design notes
   A TCP-only success logs "network may be misconfigured" and suspects nobody.
 * The next probe starts ``ProbeInterval`` after the previous one started, or when it
   ended if that is later (memberlist's blocking probe under a ticker).
+* ``probe_ring`` presets instead pick the target from the sorted live members by the
+  round number (wall clock / interval, the driver's ``wall_offset``), start each probe
+  at this node's own phase of the round (from a hash of its name, so a cluster's probes
+  spread over the round) and skip ``score`` rounds after each (Lifeguard). With
+  ``nack_confirms`` the relays that nacked become confirmations of the suspicion the
+  failed probe starts (``Membership.confirm``).
 * Relay role: ping the target with a fresh sequence number; forward its ack to the
   requester with the requester's sequence number, or send a nack after
   ``ProbeTimeout`` when asked to.

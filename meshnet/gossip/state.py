@@ -23,6 +23,11 @@ push/pull    alive / left /        alive / dead(From=Name) / *suspect* (a remote
              suspect+dead          never kills directly)
 ===========  ====================  =========================================================
 
+With ``direct_notify`` (the ``swift`` preset) three messages also go point to point
+through ``send``: a suspicion we start, to the accused; a refutation, to its accuser; a
+death our own timer declares, to every live member and the accused. An accusation of us
+older than our incarnation is answered with our current alive (memberlist ignores it).
+
 Refute = incarnation ours + 1 (or accused + 1 if higher), gossip our alive, health +1.
 All broadcasts go through :class:`BroadcastQueue`, keyed by node name. This module
 does no I/O: the core passes ``now``; events accumulate in ``self.events``.

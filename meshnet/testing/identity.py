@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 from meshnet import netns
@@ -97,7 +98,7 @@ def diff(before: dict[str, object], after: dict[str, object]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in before.keys() | after.keys():
         b, a = before.get(k) or [], after.get(k) or []
-        if b != a:
-            out[k] = {"gone": [x for x in b if x not in a],  # type: ignore[union-attr]
-                      "new": [x for x in a if x not in b]}  # type: ignore[union-attr]
+        if b != a:  # as multisets: one more socket of a kind is "new"
+            cb, ca = Counter(b), Counter(a)  # type: ignore[arg-type]
+            out[k] = {"gone": sorted((cb - ca).elements()), "new": sorted((ca - cb).elements())}
     return out
