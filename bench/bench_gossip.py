@@ -8,8 +8,7 @@ For each N (``MESHNET_BENCH_GOSSIP_NS``, default 20,50,100), a cluster of each k
   ``MESHNET_BENCH_GOSSIP_IDLE`` s (default 90: three of serf's push/pull periods), and the
   suspicions started meanwhile (a probe that found no ack: meshnet's ``probe.failed``
   counter, serf's memberlist "Suspect X has failed" log line).
-* Partition and heal: one node cut off (iptables DROP both ways in its namespace) for
-  30 s; the heal time is from the DROP's removal until every other node has logged it
+* Partition and heal: one node cut off (its port on the underlay bridge down) for 30 s; the heal time is from the DROP's removal until every other node has logged it
   joined again and it has logged every other one.
 * Failure detection: three ``kill -9``s in turn (median and worst), each until every
   other node has declared the victim failed.
@@ -111,24 +110,45 @@ def kill_and_detect(lab: Lab, victim: str, timeout: float, dead: tuple[str, ...]
     return max(seen.values()) - t0
 
 
-def isolate(ns: str, on: bool) -> None:
-    """Drop everything between namespace NS and the rest of the lab underlay."""
-    op = "-I" if on else "-D"
-    for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
-        subprocess.run(["ip", "netns", "exec", ns, "iptables", op, chain, flag, "192.0.2.0/24",
-                        "-j", "DROP"], check=True)
+def underlay_port(lab: Lab, host: str, up: bool) -> None:
+    """Take HOST's port on the lab's underlay bridge down (or up again): its packets go
+    nowhere, but its sends still succeed (an iptables DROP in its own namespace would
+    fail them with EPERM, and memberlist then suspects nobody)."""
+    from meshnet import netns
+
+    with netns.ipr(lab.spec.underlay_ns) as ul:
+        ul.link("set", index=ul.link_lookup(ifname=host)[0], state="up" if up else "down")
 
 
-def _partition_and_heal(ns: str, cut_off_everywhere, healed, timeout: float) -> float:
-    """Cut NS off for PARTITION s (waiting until the others noticed), heal it; seconds
+def _healed(events: list[tuple[float, str, str, str]], cut: str, t_cut: float,
+            t_heal: float) -> float | None:
+    """From (time, observer, "join"|"failed", member) events: the time the partition's
+    last failure was undone (every observer's last word since the cut on every member
+    is "join", and every other observer saw CUT join after the heal), or None."""
+    last: dict[tuple[str, str], tuple[float, str]] = {}
+    for t, obs, kind, member in sorted(events):
+        if t >= t_cut:
+            last[(obs, member)] = (t, kind)
+    if any(kind == "failed" for _, kind in last.values()):
+        return None
+    back = {obs for (obs, member), (t, _) in last.items() if member == cut and t >= t_heal}
+    observers = {obs for obs, _ in last} | back
+    if not observers - {cut} <= back:
+        return None
+    return max((t for t, _ in last.values()), default=t_heal)
+
+
+def _partition_and_heal(lab: Lab, host: str, cut_off_everywhere, healed,
+                        timeout: float) -> float:
+    """Cut HOST off for PARTITION s (waiting until the others noticed), heal it; seconds
     until ``healed(t_heal)`` holds (it returns the time of the last join it needed)."""
     t_cut = time.monotonic()
-    isolate(ns, True)
+    underlay_port(lab, host, False)
     try:
         _wait(cut_off_everywhere, PARTITION + 60, "the others to declare it failed", interval=0.5)
         time.sleep(max(0.0, PARTITION - (time.monotonic() - t_cut)))
     finally:
-        isolate(ns, False)
+        underlay_port(lab, host, True)
     t_heal = time.time()
     last = _wait(lambda: healed(t_heal), timeout, "the heal", interval=0.5)
     return last - t_heal
@@ -153,26 +173,19 @@ def meshnet_side(n: int, preset: str, idle: float) -> dict[str, float]:
                                 for h in hosts)
         cut = hosts[n // 2]
         others = [h for h in hosts if h != cut]
+        t_cut = time.time()
+
+        def events() -> list[tuple[float, str, str, str]]:
+            return [(t, h, kind, who) for h in hosts for kind in ("join", "failed")
+                    for t, who in _log_events(lab, h, kind)]
 
         def cut_off() -> bool:
-            return all(any(who == cut for _, who in _log_events(lab, h, "failed"))
+            return all(any(who == cut and t >= t_cut for t, who in _log_events(lab, h, "failed"))
                        for h in others)
 
         def healed(t_heal: float) -> float | None:
-            last = t_heal
-            for h in others:
-                times = [t for t, who in _log_events(lab, h, "join") if who == cut and t >= t_heal]
-                if not times:
-                    return None
-                last = max(last, times[0])
-            back: dict[str, float] = {}
-            for t, who in _log_events(lab, cut, "join"):
-                if t >= t_heal:
-                    back.setdefault(who, t)
-            if set(back) < set(others):
-                return None
-            return max([last, *back.values()])
-        out["heal"] = _partition_and_heal(lab.spec.host_ns(cut), cut_off, healed, 120)
+            return _healed(events(), cut, t_cut, t_heal)
+        out["heal"] = _partition_and_heal(lab, cut, cut_off, healed, 120)
         time.sleep(3)
         victims = hosts[-KILLS:]
         detect = []
@@ -210,34 +223,23 @@ def serf_side(n: int, idle: float) -> dict[str, float]:
         out["suspicions"] = sum(1 for _, _, line in s.seen if "Suspect" in line) - sus0
         k = n // 2
         cut = f"s{k}"
-
-        def events(kind: str, about: str | None, since: float) -> dict[int, float]:
-            """First time since ``since`` each agent logged EventMember<kind> (about X)."""
-            got: dict[int, float] = {}
-            for t, i, line in list(s.seen):
-                if t >= since and f"EventMember{kind}" in line and (
-                        about is None or re.search(rf"EventMember{kind}: {about}\b", line)):
-                    got.setdefault(i, t)
-            return got
-
         t_cut = time.time()
 
+        def events() -> list[tuple[float, str, str, str]]:
+            out = []
+            for t, i, line in list(s.seen):
+                m = re.search(r"EventMember(Join|Failed): (\S+)", line)
+                if m:
+                    out.append((t, f"s{i}", m.group(1).lower(), m.group(2)))
+            return out
+
         def cut_off() -> bool:
-            return len([i for i in events("Failed", cut, t_cut) if i != k]) >= n - 1
+            return len({obs for t, obs, kind, who in events()
+                        if kind == "failed" and who == cut and t >= t_cut}) >= n - 1
 
         def healed(t_heal: float) -> float | None:
-            others = {i: t for i, t in events("Join", cut, t_heal).items() if i != k}
-            if len(others) < n - 1:
-                return None
-            back = [t for t, i, line in list(s.seen)
-                    if i == k and t >= t_heal and "EventMemberJoin" in line]
-            names = {re.search(r"EventMemberJoin: (\S+)", line).group(1)  # type: ignore[union-attr]
-                     for t, i, line in list(s.seen)
-                     if i == k and t >= t_heal and "EventMemberJoin" in line}
-            if len(names - {cut}) < n - 1:
-                return None
-            return max([*others.values(), *back])
-        out["heal"] = _partition_and_heal(s.ns[k], cut_off, healed, 180)
+            return _healed(events(), cut, t_cut, t_heal)
+        out["heal"] = _partition_and_heal(s.lab, s.hosts[k], cut_off, healed, 180)
         time.sleep(3)
         detect = []
         for j, idx in enumerate(range(n - KILLS, n)):

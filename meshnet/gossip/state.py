@@ -232,6 +232,12 @@ class Membership:
         c = self.config
         n = self.num_nodes()
         k = confirmations_wanted(c.suspicion_mult, n)
+        if c.nack_confirms:
+            # confirmations come from live peers (relays): the dead ones still in the
+            # table cannot give any (memberlist counts them, and waits longer for them)
+            live = sum(1 for r in self.nodes.values()
+                       if r.state in (NodeState.ALIVE, NodeState.SUSPECT))
+            k = confirmations_wanted(c.suspicion_mult, live)
         lo = c.suspicion_min or suspicion_timeout(c.suspicion_mult, n,
                                                   c.probe_interval * self.interval_scale)
         hi = c.suspicion_max or c.suspicion_max_timeout_mult * lo

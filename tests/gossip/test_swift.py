@@ -175,3 +175,21 @@ def test_dead_message_from_the_timer_is_a_normal_dead():
     assert rec.state == NodeState.DEAD
     msg = codec.encode(Dead(rec.incarnation, "n2", "n1"))
     assert codec.decode_packet(msg, None).messages[0] == Dead(rec.incarnation, "n2", "n1")
+
+
+def test_dead_members_still_listed_do_not_hold_back_the_next_detection():
+    """Three kills in a row at N=5: the last two live nodes still confirm at once (the
+    dead ones in the table cannot be relays, so they are not waited for)."""
+    f = cluster(n=5, seed=12, cfg=SWIFT)
+    f.run_for(2)
+    took = []
+    for victim in ("n4", "n3", "n2"):
+        f.kill(victim)
+        live = [x for x in f.nodes.values() if x.alive]
+        t = f.run_until_true(
+            lambda v=victim, lv=live: all(x.core.member(v).state == "dead" for x in lv),
+            10, step=0.01)
+        assert t is not None
+        took.append(t)
+        f.run_for(1)
+    assert max(took) <= DETECT, took
