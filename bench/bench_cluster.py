@@ -1,5 +1,5 @@
 """A big lab on this 2-core box (issue 17): N=50 and N=100 hosts with the lab's default
-preset (``fast``, which stretches its timings above 16 members).
+gossip preset, the shipped default (``swift``).
 
 For each N: `lab up` time; one table change (a network created on h1) reaching every
 host (p50 and p99 over hosts, median of 3 changes, 99 pollers in threads, so the figure

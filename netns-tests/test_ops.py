@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -22,9 +23,30 @@ def test_ready_only_after_join_and_watchdog(make_lab, tmp_path):
     try:
         os.kill(lab.agent_pid("h2"), signal.SIGTERM)
         wait_until(lambda: not lab.agent_running("h2"), what="h2 stopped")
-        lab.restart_agent("h2", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},
-                          wait=False)
-        messages = []
+        # h1 silently drops h2 while h2 starts: its join (a TCP push/pull) hangs in SYN
+        # retransmits, so READY must wait; the drop goes before the join's deadline
+        # (2 s) and the next SYN (1 s after the first) gets through
+        block = ["ip", "netns", "exec", lab.spec.host_ns("h1"), "iptables", "-I", "INPUT",
+                 "-s", lab.spec.host_addr("h2"), "-j", "DROP"]
+        subprocess.run(block, check=True)
+        try:
+            lab.restart_agent("h2", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},
+                              wait=False)
+            messages = []
+            while not any(m.startswith("STATUS=joining") for m in messages):
+                messages.append(listener.recv(4096).decode())
+            held = time.monotonic() + 0.6
+            listener.settimeout(0.1)
+            while time.monotonic() < held:
+                try:
+                    messages.append(listener.recv(4096).decode())
+                except TimeoutError:
+                    pass
+            listener.settimeout(10)
+            assert not any("READY=1" in m for m in messages), messages
+        finally:
+            block[5] = "-D"
+            subprocess.run(block, check=True)
         while not any("READY=1" in m for m in messages):
             messages.append(listener.recv(4096).decode())
         # READY came after the join: the status sent with READY already counts its peer
