@@ -10,7 +10,7 @@ import dns.reversename
 import pytest
 from conftest import (
     BOUNDS,
-    PRESETS,
+    DEFAULT,
     api,
     host_down,
     listening,
@@ -123,10 +123,10 @@ def dropped(listing: str) -> int:
     return sum(int(line.split()[0]) for line in listing.splitlines() if " DROP " in line)
 
 
-@pytest.mark.parametrize("cluster", PRESETS, indirect=True)
+@pytest.mark.parametrize("cluster", DEFAULT, indirect=True)
 def test_dead_host_tasks_leave_dns_within_bound_of_the_kill(cluster, request):
     """The clock starts at the kill: failure detection is part of the bound
-    (conftest.BOUNDS: fast 3 s, lan 12 s)."""
+    (conftest.BOUNDS: swift 3 s)."""
     lab, eps, _ = cluster
     bound = BOUNDS[request.node.callspec.params["cluster"]]["detect"]
     t0 = time.monotonic()

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import (
     BOUNDS,
-    PRESETS,
+    DEFAULT,
     api,
     host_down,
     ns_exec,
@@ -117,7 +117,7 @@ def test_health_check_removes_a_dead_task_within_1s(mesh):
     assert "web2" not in res["counts"] and res["errors"] == 0, res
 
 
-@pytest.mark.parametrize("mesh", PRESETS, indirect=True)
+@pytest.mark.parametrize("mesh", DEFAULT, indirect=True)
 def test_dead_host_tasks_removed(mesh, request):
     """A host dies: within the preset's bound of the kill (conftest.BOUNDS) its task is
     out of the VIP's rotation on the client's host, and the mesh from another host never

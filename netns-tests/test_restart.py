@@ -254,7 +254,7 @@ def test_agent_down_keeps_entries_host_gone_removes_them(make_lab):
     assert healthy() == {"healthy": 1, "unhealthy": 0}
     r = py_in(lab.spec.container_ns("c1"), "hits", f"http://{web['vip']}/", "10")
     assert json.loads(r.stdout)["counts"] == {"w3": 10}, r.stdout + r.stderr
-    # now the host goes too: removed by the next re-probe (fast preset: re-probes back off
+    # now the host goes too: removed by the next re-probe (swift and fast: re-probes back off
     # from 1 s to at most 8 s, each waits 0.5 s for an answer)
     subprocess.run(["ip", "netns", "exec", lab.spec.host_ns("h3"), "ip", "link", "set",
                     "eth0", "down"], check=True)

@@ -13,6 +13,17 @@ def test_file_then_flags(tmp_path):
     assert cfg.join == ("10.0.0.2",) and cfg.gossip_preset == "fast"
 
 
+def test_default_gossip_preset_is_swift_and_each_preset_builds(tmp_path):
+    from meshnet.cluster import Cluster
+
+    assert AgentConfig().gossip_preset == "swift"
+    for preset in ("swift", "lan", "fast"):
+        cfg = AgentConfig(gossip_preset=preset, state_dir="")
+        c = Cluster(cfg, lambda *_: None)
+        assert c.gossip_config.probe_ring == (preset == "swift")
+        c._sync_pool.shutdown()
+
+
 @pytest.mark.parametrize("body,needle", [
     ('node = 5\n', "string"),
     ('join = "x"\n', "join"),
@@ -23,6 +34,7 @@ def test_file_then_flags(tmp_path):
     ('node = \n', "config file"),
     ('encrypt-key = "abc"\n', "encrypt key"),
     ('metrics = "127.0.0.1"\n', "ADDR:PORT"),
+    ('gossip-preset = "turbo"\n', "gossip-preset"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, body, needle):
     f = tmp_path / "c.toml"
