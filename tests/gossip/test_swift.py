@@ -126,42 +126,37 @@ def test_a_death_our_timer_declares_goes_to_every_live_member_at_once():
     assert all(f.core(x).member("n3").state == "dead" for x in f.nodes if x != "n3")
 
 
-def test_relays_that_nack_confirm_the_suspicion():
-    f = cluster(n=10, seed=6, cfg=SWIFT)
+def _first_accusation(cfg: GossipConfig):
+    """Kill n5 in a settled 10-node cluster; the first node whose own probe accuses it,
+    and its suspicion timer as it stands right after (confirmations included)."""
+    f = cluster(n=10, seed=6, cfg=cfg)
     f.run_for(1)
     f.kill("n5")
-    accusers = {}
-
-    def started() -> bool:
-        for x in f.nodes.values():
-            t = x.core._ms.suspicions.get("n5")
-            if x.alive and t is not None and x.name in t.confirmations and len(t.confirmations) > 1:
-                accusers[x.name] = t
-        return bool(accusers)
-
-    assert f.run_until_true(started, 3, step=0.001) is not None
-    name, timer = next(iter(accusers.items()))
-    # the accuser's own probe plus relays: the timer is at its minimum at once
-    assert timer.timeout == pytest.approx(SWIFT.suspicion_min), (name, timer.confirmations)
-    assert f.core(name).metrics["suspect.nack_confirmed"] >= timer.k
-
-
-def test_without_nack_confirmations_the_accuser_waits_longer():
-    plain = SWIFT.replace(nack_confirms=False)
-    f = cluster(n=10, seed=6, cfg=plain)
-    f.run_for(1)
-    f.kill("n5")
-    first = {}
+    found = {}
 
     def started() -> bool:
         for x in f.nodes.values():
             t = x.core._ms.suspicions.get("n5")
             if x.alive and t is not None and x.name in t.confirmations:
-                first[x.name] = t
-        return bool(first)
+                found[x.name] = t
+        return bool(found)
 
     assert f.run_until_true(started, 3, step=0.001) is not None
-    assert next(iter(first.values())).timeout > SWIFT.suspicion_min
+    name, timer = next(iter(found.items()))
+    return f, name, timer
+
+
+def test_relays_that_nack_confirm_the_suspicion():
+    f, name, timer = _first_accusation(SWIFT)
+    # the accuser's own probe plus relays: the timer is at its minimum at once
+    assert len(timer.confirmations) > 1, timer.confirmations
+    assert timer.timeout == pytest.approx(SWIFT.suspicion_min), (name, timer.confirmations)
+    assert f.core(name).metrics["suspect.nack_confirmed"] >= timer.k
+
+
+def test_without_nack_confirmations_the_accuser_waits_longer():
+    _, _, timer = _first_accusation(SWIFT.replace(nack_confirms=False))
+    assert timer.timeout > SWIFT.suspicion_min
 
 
 def test_dead_message_from_the_timer_is_a_normal_dead():
