@@ -44,7 +44,6 @@ from meshnet.api.client import ApiClient
 from meshnet.lab.lab import Lab
 from meshnet.lab.topology import LabSpec
 
-FAILED_RE = re.compile(r'ts=(\S+)Z .*msg="member (\S+) failed')
 EVENT_RE = re.compile(r'ts=(\S+)Z .*msg="member (\S+) (join|failed)')
 PARTITION = 30.0
 KILLS = 3

@@ -17,8 +17,8 @@ Design notes
   with 150-300 ms jitter on every packet and 15-20 % loss, 3 produced false deaths
   and 4 mostly did not, at a cost of ~0.25 s of detection time.
 * ``swift()`` is meshnet's default (shipped and lab): a ``kill -9`` seen everywhere in
-  about 1.3-1.6 s at N=3..1,000, a partition healed within a second or two of its end,
-  at about serf's bandwidth. It probes twice a second (memberlist: once) and adds four
+  about 1.2-1.8 s at N=3..1,000 (simulated, up to 10 % loss), a partition healed within a
+  second or two of its end, at about serf's bandwidth. It probes twice a second (memberlist: once) and adds four
   things, each behind its own flag, so ``lan()``/``local()``/``fast()`` are untouched:
 
   - ``probe_ring``: rounds aligned to the wall clock over the sorted member list, member

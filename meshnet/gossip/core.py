@@ -134,6 +134,7 @@ class Memberlist:
         self._ms.alive(Alive(inc, self.name, self._addr_wire, self.port, self._meta,
                              self.config.vsn), now, bootstrap=True)
         c = self.config
+        # (the draw is made for every preset: the simulations' seeds depend on it)
         self._prober.schedule(now + self.rng.uniform(0, c.probe_interval))
         if c.probe_ring:
             self._prober.schedule(self._prober._next_ring_start(now))

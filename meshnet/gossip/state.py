@@ -305,17 +305,22 @@ class Membership:
 
     # -- refute --------------------------------------------------------------
 
+    def _tell(self, name: str | None, rec: NodeRecord, msg: Alive, metric: str) -> None:
+        """With ``direct_notify``, send our alive straight to member ``name`` (an accuser)."""
+        peer = self.nodes.get(name) if name else None
+        if peer is None or peer is rec or self.send is None or not self.config.direct_notify:
+            return
+        self.metrics[metric] += 1
+        self.send(peer, codec.encode(msg))
+
     def _correct_stale(self, rec: NodeRecord, accuser: str) -> None:
         """An accusation of us older than our incarnation (we refuted already, and the
         accuser missed it): memberlist ignores it, which leaves the accuser's view wrong
         until a push/pull. With ``direct_notify``, send the accuser our current alive."""
-        peer = self.nodes.get(accuser)
-        if (peer is None or peer is rec or self.send is None or not self.config.direct_notify
-                or self.leaving):
-            return
-        self.metrics["sent.alive.correction"] += 1
-        self.send(peer, codec.encode(Alive(rec.incarnation, rec.name, addr_to_wire(rec.addr),
-                                           rec.port, rec.meta, self.config.vsn)))
+        if not self.leaving:
+            self._tell(accuser, rec, Alive(rec.incarnation, rec.name, addr_to_wire(rec.addr),
+                                           rec.port, rec.meta, self.config.vsn),
+                       "sent.alive.correction")
 
     def refute(self, rec: NodeRecord, accused: int, accuser: str | None = None) -> None:
         inc = self.next_incarnation()
@@ -325,12 +330,8 @@ class Membership:
         self.awareness.apply_delta(1)
         a = Alive(inc, rec.name, addr_to_wire(rec.addr), rec.port, rec.meta, self.config.vsn)
         self._gossip(a)
-        peer = self.nodes.get(accuser) if accuser else None
-        if (peer is not None and peer is not rec and self.send is not None
-                and self.config.direct_notify):
-            # the accuser holds the shortest timer: answer it straight away
-            self.metrics["sent.alive.direct"] += 1
-            self.send(peer, codec.encode(a))
+        # the accuser holds the shortest timer: answer it straight away
+        self._tell(accuser, rec, a, "sent.alive.direct")
 
     # -- push/pull -----------------------------------------------------------
 
