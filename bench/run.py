@@ -45,7 +45,8 @@ def render(results: dict[str, dict]) -> str:
     out = ["# Benchmarks", "",
            "Every figure below was produced by `make bench` (or `python -m bench.run NAME`), "
            "which rewrites this file. Each benchmark measures meshnet and its anchor side by "
-           "side in the same run; the ratio is meshnet / anchor.", ""]
+           "side in the same run; the ratio is meshnet / anchor. A row whose anchor says "
+           "\"goal\" compares with nothing measured: its goal column is the target.", ""]
     for name in sorted(results):
         entry = results[name]
         m = entry["machine"]
@@ -57,8 +58,10 @@ def render(results: dict[str, dict]) -> str:
                 "|---|---|---|---|---|---|"]
         for r in entry["results"]:
             ratio = "n/a" if not r["anchor"] else f"{r['ratio']:.3g}"
+            value = ("-" if r["anchor_name"].startswith("goal") and not r["anchor"]
+                     else f"{r['anchor']:.4g} {r['unit']}")
             out.append(f"| {r['metric']} | {r['meshnet']:.4g} {r['unit']} | {r['anchor_name']} | "
-                       f"{r['anchor']:.4g} {r['unit']} | {ratio} | {r['goal']} |")
+                       f"{value} | {ratio} | {r['goal']} |")
         notes = [r["notes"] for r in entry["results"] if r.get("notes")]
         if notes:
             out += [""] + [f"- {n}" for n in notes]
@@ -81,6 +84,7 @@ def main(argv: list[str]) -> int:
         return 2
     store = DOCS / "benchmarks.json"
     results = json.loads(store.read_text()) if store.exists() else {}
+    fresh_entries: dict[str, dict] = {}
     for name in names:
         print(f"== bench {name}", flush=True)
         mod = importlib.import_module(f"bench.bench_{name}")
@@ -99,8 +103,11 @@ def main(argv: list[str]) -> int:
             kept = [fresh.pop(r["metric"], r) for r in old["results"]]
             rows = kept + list(fresh.values())
             command = f"{old['command']}; then {command} (the rows it measured)"
-        results[name] = {"command": command, "machine": machine(), "results": rows}
+        fresh_entries[name] = {"command": command, "machine": machine(), "results": rows}
     DOCS.mkdir(exist_ok=True)
+    # read the store again: another benchmark may have written its section meanwhile
+    results = json.loads(store.read_text()) if store.exists() else {}
+    results.update(fresh_entries)
     store.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     (DOCS / "benchmarks.md").write_text(render(results))
     subprocess.run([sys.executable, "-m", "meshnet.testing.leftovers", "snapshot"],
