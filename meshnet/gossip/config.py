@@ -18,7 +18,7 @@ Design notes
   and 4 mostly did not, at a cost of ~0.25 s of detection time.
 * ``swift()`` is meshnet's default (shipped and lab): a ``kill -9`` seen everywhere in
   about 1.2-1.8 s at N=3..1,000 (simulated, up to 10 % loss), a partition healed within a
-  second or two of its end, at about serf's bandwidth. It probes twice a second (memberlist: once) and adds four
+  second or two of its end, at about serf's bandwidth. It probes twice a second (memberlist: once) and adds these
   things, each behind its own flag, so ``lan()``/``local()``/``fast()`` are untouched:
 
   - ``probe_ring``: rounds aligned to the wall clock over the sorted member list, member
@@ -33,7 +33,11 @@ Design notes
     member in one packet each, not through log(n) gossip rounds; a stale accusation of
     us (older incarnation) is answered with our alive;
   - ``reconnect_ping``: failed members are pinged in turn every second (x n/100), an
-    ack starting the Join push/pull, instead of serf's random 30 s reconnect.
+    ack starting the Join push/pull, instead of serf's random 30 s reconnect;
+  - ``sync_unknown_pinger`` and ``join_catch_up``: a ping from a member we do not know
+    starts a push/pull with it, and a node that joined push/pulls again 2 and 8 s later
+    with random members, so a burst of joins converges in seconds, not at the next 60 s
+    push/pull.
 
   It costs nothing while idle beyond the doubled probe rate, which the 60 s push/pull
   (memberlist: 30 s) pays back as the cluster grows. Serf peers see only standard
@@ -105,6 +109,15 @@ class GossipConfig:
     the next failed member in turn (not a random one with probability failed/alive);
     an ack starts the Join push/pull. Nothing is sent while no member is failed, and a
     node whose view of one member stayed wrong after a heal corrects it in seconds."""
+    sync_unknown_pinger: bool = False
+    """A ping from a member we do not know, or hold dead, starts a push/pull with it (at
+    most once per member per ``push_pull_interval`` / 6): a member whose alive we missed
+    (a burst of joins outruns the gossip's retransmit budget) is learnt at its first
+    probe of us, not at the next periodic push/pull."""
+    join_catch_up: tuple[float, ...] = ()
+    """Seconds after a join at which to push/pull once more with a random live member:
+    the join's own push/pull only carries what its target knew then, and in a burst of
+    joins the target learns of many members after it answered."""
     reconnect_timeout: float = 24 * 3600.0
     """Stop trying to reconnect to a failed member after this long."""
     dead_node_reclaim_time: float = 0.0
@@ -212,6 +225,8 @@ class GossipConfig:
             tcp_timeout=2.0,
             reconnect_interval=1.0,
             reconnect_ping=True,
+            sync_unknown_pinger=True,
+            join_catch_up=(2.0, 8.0),
             probe_ring=True,
             nack_confirms=True,
             direct_notify=True,

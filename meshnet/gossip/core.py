@@ -61,6 +61,7 @@ from meshnet.gossip.messages import (
     Ping,
     Suspect,
     User,
+    addr_from_wire,
     addr_to_wire,
 )
 from meshnet.gossip.probe import Prober
@@ -116,6 +117,8 @@ class Memberlist:
         self._next_reconnect = INF
         self._reconnect_waits: dict[int, tuple[str, Address, float]] = {}
         self._reconnect_last = ""
+        self._catch_up: list[float] = []  # join_catch_up: when to push/pull again
+        self._pinger_syncs: dict[str, float] = {}  # sync_unknown_pinger: name -> when
         self._serf_ltime = 0
         self._leave_phase: str | None = None  # None, "intent", "dead"
         self._leave_intent: Broadcast | None = None
@@ -206,6 +209,7 @@ class Memberlist:
     def join(self, addrs: list[Address], now: float) -> int:
         """Push/pull (Join=true) with each address; a JoinCompleted event follows."""
         self._ensure_started(now)
+        self._catch_up = sorted(now + dt for dt in self.config.join_catch_up)
         return self._sync.join(addrs, now)
 
     def set_meta(self, meta: bytes, now: float) -> None:
@@ -310,6 +314,8 @@ class Memberlist:
         self.metrics["recv." + TYPE_NAMES[msg.TYPE]] += 1
         if isinstance(msg, Ping):
             self._prober.on_ping(msg, src)
+            if self.config.sync_unknown_pinger and msg.source_node:
+                self._sync_pinger(msg, src, now)
         elif isinstance(msg, IndirectPing):
             self._prober.on_indirect(msg, src, now)
         elif isinstance(msg, Ack):
@@ -412,6 +418,7 @@ class Memberlist:
         if not self._started:
             return INF
         d = min(self._next_gossip, self._next_push_pull, self._next_reconnect,
+                self._catch_up[0] if self._catch_up else INF,
                 self._ms.next_suspicion_deadline(), self._prober.next_deadline(),
                 self._sync.next_deadline())
         if self._leave_phase == "intent":
@@ -454,6 +461,10 @@ class Memberlist:
                 self._next_gossip + self.config.gossip_interval * self._ms.interval_scale, now)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self.push_pull_period()
+            self._sync.periodic_push_pull(now)
+        if self._catch_up and now >= self._catch_up[0]:
+            del self._catch_up[0]
+            self.metrics["sync.join_catch_up"] += 1
             self._sync.periodic_push_pull(now)
         if now >= self._next_reconnect:
             if self.config.reconnect_ping:
@@ -498,6 +509,29 @@ class Memberlist:
             self.metrics["reconnect.attempts"] += 1
             self._sync.start_push_pull(addr, True, now, None)
         return True
+
+    def _sync_pinger(self, p: Ping, src: Address, now: float) -> None:
+        """``sync_unknown_pinger``: a member we do not know (or hold dead) probed us, so
+        we missed its alive: push/pull with it (rate-limited per member)."""
+        name = p.source_node
+        if name == self.name or self._leave_phase is not None:
+            return
+        rec = self._ms.nodes.get(name)
+        if rec is not None and rec.state != NodeState.DEAD:
+            return
+        window = self.config.push_pull_interval / 6
+        last = self._pinger_syncs.get(name)
+        if last is not None and now - last < window:
+            return
+        if len(self._pinger_syncs) >= 4096:
+            self._pinger_syncs = {k: t for k, t in self._pinger_syncs.items()
+                                  if now - t < window}
+        self._pinger_syncs[name] = now
+        addr = src
+        if p.source_addr and p.source_port:
+            addr = (addr_from_wire(p.source_addr), p.source_port)
+        self.metrics["sync.unknown_pinger"] += 1
+        self._sync.start_push_pull(addr, rec is not None, now, None)
 
     def _leave_progress(self, now: float) -> None:
         if self._leave_phase != "intent":

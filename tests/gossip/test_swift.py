@@ -14,8 +14,10 @@ import pytest
 
 from meshnet.gossip import codec
 from meshnet.gossip.config import GossipConfig
+from meshnet.gossip.member import meshnet_meta
 from meshnet.gossip.messages import Dead, Suspect
 from meshnet.gossip.state import NodeState
+from meshnet.testing.fabric import Fabric
 from meshnet.testing.scale import LAN, membership
 from tests.gossip.test_sim import cluster, converged, failures
 
@@ -188,3 +190,45 @@ def test_dead_members_still_listed_do_not_hold_back_the_next_detection():
         took.append(t)
         f.run_for(1)
     assert max(took) <= DETECT, took
+
+
+def _burst(seed: int, cfg: GossipConfig, n: int = 30, loss: float = 0.0) -> float | None:
+    """n nodes start at once, each joining a random earlier one: seconds to convergence."""
+    f = Fabric(seed=seed, loss=loss)
+    names = [f"n{i}" for i in range(n)]
+    for name in names:
+        f.add(name, cfg, meta=meshnet_meta())
+    for i, name in enumerate(names[1:], start=1):
+        f.join(name, [names[f.rng.randrange(i)]])
+    return f.run_until_true(lambda: converged(f), 90, step=0.1)
+
+
+def test_join_burst_converges_within_seconds():
+    """A join's push/pull carries only what its target knew then; in a burst the gossip
+    of some alives runs out before every node heard it, and memberlist waits for the next
+    push/pull (swift: 60 s). The catch-up push/pulls and the unknown-pinger sync close it."""
+    seeds = [0, 8, 23, 26, 49]
+    fixed = [_burst(s, SWIFT) for s in seeds] + [_burst(s, SWIFT, 50, 0.05) for s in (6, 17)]
+    assert all(t is not None and t <= 3.0 for t in fixed), fixed
+    bare = SWIFT.replace(join_catch_up=(), sync_unknown_pinger=False)
+    slow = [_burst(s, bare) for s in seeds]
+    assert all(t is None or t > 10 for t in slow), slow  # the case is real without them
+
+
+def test_ping_from_a_member_we_missed_starts_a_sync():
+    """n0 never heard of n5 (its alive was lost); n5 probes n0 within a ring cycle and n0
+    push/pulls with it. Without the mechanism n0 waits for a push/pull (here: none)."""
+    def run(cfg: GossipConfig) -> float | None:
+        f = Fabric(seed=5)
+        for i in range(10):
+            f.add(f"n{i}", cfg, meta=meshnet_meta())
+        f.seed_full_view()
+        ms = f.core("n0")._ms
+        ms.order.remove(ms.nodes.pop("n5"))
+        ms.version += 1
+        return f.run_until_true(lambda: f.core("n0").member("n5") is not None, 30, step=0.05)
+
+    quiet = SWIFT.replace(push_pull_interval=3600.0)
+    t = run(quiet)
+    assert t is not None and t <= 9 * quiet.probe_interval + 0.5, t
+    assert run(quiet.replace(sync_unknown_pinger=False)) is None
