@@ -311,7 +311,7 @@ def run() -> list[Result]:
     for n in sizes:
         s = serf_side(n, idle)
         m = meshnet_side(n, "swift", idle)
-        notes = json.dumps({"meshnet": m, "serf": s})
+        notes = f"N={n}, raw: " + json.dumps({"meshnet": m, "serf": s})
         out += [
             Result("gossip", f"N={n}: kill -9 -> all mark it failed, default preset (median "
                    f"of {KILLS})", "s", m["detect"], anchor, s["detect"], goal="<= 2 s",
