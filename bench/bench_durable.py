@@ -223,7 +223,12 @@ def _ready_time(lab: Lab, host: str, sockdir: Path) -> float:
 
 def _stop(lab: Lab, host: str) -> None:
     os.kill(lab.agent_pid(host), signal.SIGTERM)
-    _wait(lambda: not lab.agent_running(host), 15, f"{host} stopped")
+    try:
+        _wait(lambda: not lab.agent_running(host), 15, f"{host} stopped")
+    except RuntimeError:
+        tail = (lab.spec.state_dir / f"{host}.log").read_text().splitlines()[-15:]
+        raise RuntimeError(f"{host} still running 15 s after SIGTERM; its log ends:\n"
+                           + "\n".join(tail)) from None
 
 
 def _restart_bench(tag: str) -> list[Result]:

@@ -37,7 +37,9 @@ def _client(ns: str, addr: str, port: int) -> float:
                             "-t", str(SECONDS), "-J"], capture_output=True, text=True,
                            timeout=SECONDS + 30)
         if r.returncode == 0:
-            return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            end = json.loads(r.stdout).get("end", {})
+            if "sum_received" in end:  # (a run cut short by a starting server has none)
+                return end["sum_received"]["bits_per_second"] / 1e9
         time.sleep(0.2)  # the server is still starting
     raise RuntimeError(f"iperf3 to {addr}:{port} from {ns}: {r.stdout[-300:]} {r.stderr}")
 
