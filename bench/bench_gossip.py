@@ -8,6 +8,9 @@ For each N (``MESHNET_BENCH_GOSSIP_NS``, default 20,50,100), a cluster of each k
   ``MESHNET_BENCH_GOSSIP_IDLE`` s (default 90: three of serf's push/pull periods), and the
   suspicions started meanwhile (a probe that found no ack: meshnet's ``probe.failed``
   counter, serf's memberlist "Suspect X has failed" log line).
+* Start-up: every agent started (meshnet: ``lab up``; serf: each joins the first),
+  seconds from the last agent's entry (its first "member joined" line) until every agent
+  has logged every other one joining.
 * Partition and heal: one node cut off (its port on the underlay bridge down) for 30 s; the heal time is from the DROP's removal until every other node has logged it
   joined again and it has logged every other one.
 * Failure detection: three ``kill -9``s in turn (median and worst), each until every
@@ -137,6 +140,20 @@ def _healed(events: list[tuple[float, str, str, str]], cut: str, t_cut: float,
     return max((t for t, _ in last.values()), default=t_heal)
 
 
+def _join_convergence(events: list[tuple[float, str, str]], names: list[str]) -> float | None:
+    """From (time, observer, member) join events of a cluster starting up: seconds from
+    the last agent's entry (its first sight of another member) until every agent had
+    seen every other one join; None while some pair is missing."""
+    first: dict[tuple[str, str], float] = {}
+    for t, obs, who in sorted(events):
+        if obs != who:
+            first.setdefault((obs, who), t)
+    if len(first) < len(names) * (len(names) - 1):
+        return None
+    entered = max(min(t for (o, _), t in first.items() if o == obs) for obs in names)
+    return max(first.values()) - entered
+
+
 def _partition_and_heal(lab: Lab, host: str, cut_off_everywhere, healed,
                         timeout: float) -> float:
     """Cut HOST off for PARTITION s (waiting until the others noticed), heal it; seconds
@@ -160,13 +177,16 @@ def meshnet_side(n: int, preset: str, idle: float) -> dict[str, float]:
     try:
         hosts = lab.spec.host_names
         _wait(lambda: _all_alive(lab, hosts, n), 180, f"{n} meshnet agents alive")
+        joins = [(t, h, who) for h in hosts for t, who in _log_events(lab, h, "join")]
+        converged = _join_convergence(joins, hosts)
         time.sleep(3)
         m0 = _gossip_counters(lab, hosts)
         before = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
         t0 = time.monotonic()
         time.sleep(idle)
         after = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
-        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0)}
+        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0),
+               "converged": converged}
         m1 = _gossip_counters(lab, hosts)
         out["suspicions"] = sum(m1[h].get("probe.failed", 0) - m0[h].get("probe.failed", 0)
                                 for h in hosts)
@@ -211,6 +231,13 @@ def serf_side(n: int, idle: float) -> dict[str, float]:
 
     s = Serf(n)
     try:
+        names = [f"s{i}" for i in range(n)]
+
+        def joins() -> list[tuple[float, str, str]]:
+            return [(t, f"s{i}", m.group(1)) for t, i, line in list(s.seen)
+                    if (m := re.search(r"EventMemberJoin: (\S+)", line))]
+        converged = _wait(lambda: _join_convergence(joins(), names), 120,
+                          "every serf agent to see every other join")
         _wait(lambda: all(s.alive(i) == n for i in (0, n // 2, n - 1)), 120, "serf members")
         time.sleep(3)
         sus0 = sum(1 for _, _, line in s.seen if "Suspect" in line)
@@ -218,7 +245,8 @@ def serf_side(n: int, idle: float) -> dict[str, float]:
         t0 = time.monotonic()
         time.sleep(idle)
         after = [_tx_bytes(x) for x in s.ns]
-        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0)}
+        out = {"bytes": (sum(after) - sum(before)) / n / (time.monotonic() - t0),
+               "converged": converged}
         out["suspicions"] = sum(1 for _, _, line in s.seen if "Suspect" in line) - sus0
         k = n // 2
         cut = f"s{k}"
@@ -320,6 +348,9 @@ def run() -> list[Result]:
                    m["detect_max"], anchor, s["detect_max"], goal="<= 2 s"),
             Result("gossip", f"N={n}: one node cut off 30 s, healed -> all see all", "s",
                    m["heal"], anchor, s["heal"], goal="<= 5 s"),
+            Result("gossip", f"N={n}: start-up, the last agent in -> every agent has seen "
+                   "every other join", "s", m["converged"] or float("nan"), anchor,
+                   s["converged"], goal="<= 5 s"),
             Result("gossip", f"N={n}: idle bytes sent per node", "B/s", m["bytes"], anchor,
                    s["bytes"], goal="<= 1.5 x serf"),
             Result("gossip", f"N={n}: suspicions in {idle:.0f} s idle", "count",
