@@ -48,6 +48,7 @@ from meshnet.gossip.events import (
 from meshnet.gossip.member import MESHNET_TAG, MESHNET_TAG_VALUE, Member, encode_tags
 from meshnet.gossip.security import Keyring
 from meshnet.gossip.tables import Entry, TableConfig, Tables
+from meshnet.join import join_some
 from meshnet.liveness import host_answers
 
 log = logging.getLogger("meshnet.gossip")
@@ -136,13 +137,12 @@ class Cluster:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                res = await self.adapter.join(addrs, timeout=self.gossip_config.tcp_timeout * 3)
-                ok, errors = res.ok, res.errors
-            except TimeoutError:
-                ok, errors = 0, ("timed out",)
+            ok, errors = await join_some(
+                lambda batch, left: self.adapter.join(batch, timeout=left), addrs, random.Random(),
+                timeout=self.gossip_config.tcp_timeout * 3)
             if ok:
-                log.info("joined the cluster through %d of %d peer(s)", ok, len(addrs))
+                log.info("joined the cluster (push/pull with %d peer(s) of %d addresses)", ok,
+                         len(addrs))
                 await self._wait_tables_synced()
                 return
             if attempt == 1:
