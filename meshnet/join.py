@@ -6,12 +6,15 @@ late joiner in a 100-host cluster would open 99 push/pulls at once, and each of 
 peers, seeing it join, opens a table sync back: on a busy box the replies miss the
 join's deadline and the join fails with every peer up (seen at 100 hosts on 2 cores).
 
-So the join contacts the addresses one at a time in a random order, happy-eyeballs
-style: the next starts as soon as one failed, or ``stagger`` seconds after the last
-while those are still pending (a black-holed address does not hold the rest back), and
-joining stops at the first success. One live peer is enough: its state has every member
-it knows, and the catch-up push/pulls after a join (``GossipConfig.join_catch_up``) and
-gossip do the rest.
+So the join takes the addresses in a random order in batches of ``batch`` (8): a list
+that short is one batch, so a small cluster joins exactly as memberlist does (push/pull
+with every address at once, and everybody knows the joiner at once). A longer list goes
+batch after batch, happy-eyeballs style: the next starts as soon as one failed, or
+``stagger`` seconds after the last while those are still pending (a black-holed batch
+does not hold the rest back), and joining stops at the first batch in which a push/pull
+succeeded. A few live peers are enough: their state has every member they know, and
+gossip and the catch-up push/pulls after a join (``GossipConfig.join_catch_up``) do the
+rest.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ A = TypeVar("A")
 JoinFn = Callable[[list[A], float], Awaitable[JoinCompleted]]
 
 
-async def join_some(join: JoinFn, addrs: Sequence[A], rng: Random, *, batch: int = 1,
+#: addresses per push/pull batch: a list this short joins all at once, like memberlist
+BATCH = 8
+
+
+async def join_some(join: JoinFn, addrs: Sequence[A], rng: Random, *, batch: int = BATCH,
                     stagger: float = 0.5, timeout: float = 6.0) -> tuple[int, list[str]]:
     """Call ``join(batch_of_addrs, timeout)`` for batches of ``addrs`` (shuffled) until
     one succeeds, all failed, or ``timeout`` passed: (successful push/pulls, errors)."""

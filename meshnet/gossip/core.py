@@ -61,8 +61,8 @@ from meshnet.gossip.messages import (
     Ping,
     Suspect,
     User,
-    addr_from_wire,
     addr_to_wire,
+    claimed_source,
 )
 from meshnet.gossip.probe import Prober
 from meshnet.gossip.security import Keyring, encrypt_overhead
@@ -527,11 +527,8 @@ class Memberlist:
             self._pinger_syncs = {k: t for k, t in self._pinger_syncs.items()
                                   if now - t < window}
         self._pinger_syncs[name] = now
-        addr = src
-        if p.source_addr and p.source_port:
-            addr = (addr_from_wire(p.source_addr), p.source_port)
         self.metrics["sync.unknown_pinger"] += 1
-        self._sync.start_push_pull(addr, rec is not None, now, None)
+        self._sync.start_push_pull(claimed_source(p.source_addr, p.source_port, src), rec is not None, now, None)
 
     def _leave_progress(self, now: float) -> None:
         if self._leave_phase != "intent":

@@ -157,6 +157,14 @@ def addr_from_wire(raw: bytes) -> str:
     raise DecodeError(f"bad IP address length {len(raw)}")
 
 
+def claimed_source(addr: bytes, port: int, src: tuple[str, int]) -> tuple[str, int]:
+    """Where a ping's (or indirect ping's) sender wants its answer: the address and port
+    it put in the message, else where the datagram came from."""
+    if addr and port:
+        return (addr_from_wire(addr), port)
+    return src
+
+
 # -- message bodies ------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ from meshnet.gossip.messages import (
     Suspect,
     addr_from_wire,
     addr_to_wire,
+    claimed_source,
 )
 from meshnet.gossip.state import Membership, NodeRecord, NodeState
 
@@ -141,9 +142,7 @@ class Prober:
         if p.node and p.node != self.n.name:
             self.n._drop("ping_wrong_node", src)
             return
-        dest = src
-        if p.source_addr and p.source_port:
-            dest = (addr_from_wire(p.source_addr), p.source_port)
+        dest = claimed_source(p.source_addr, p.source_port, src)
         node = self.n._ms.nodes.get(p.source_node) if p.source_node else None
         if node is not None and node.address != dest:
             node = None
@@ -151,9 +150,7 @@ class Prober:
 
     def on_indirect(self, ind: IndirectPing, src: Address, now: float) -> None:
         target = (addr_from_wire(ind.target), ind.port or self.n.port)
-        requester = src
-        if ind.source_addr and ind.source_port:
-            requester = (addr_from_wire(ind.source_addr), ind.source_port)
+        requester = claimed_source(ind.source_addr, ind.source_port, src)
         seq = self.n._next_seq()
         self._relays[seq] = RelayState(requester, ind.seq_no, ind.nack, now + self.n.config.probe_timeout)
         ping = Ping(seq, ind.node, self.n._addr_wire, self.n.port, self.n.name)
