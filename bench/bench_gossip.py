@@ -50,6 +50,9 @@ from meshnet.lab.topology import LabSpec
 EVENT_RE = re.compile(r'ts=(\S+)Z .*msg="member (\S+) (join|failed)')
 PARTITION = 30.0
 KILLS = 3
+#: seconds between "all alive" and the idle window on both sides: past meshnet's
+#: catch-up push/pulls (2 s and 8 s after a join), so the window is the steady state
+SETTLE = 10.0
 
 
 def _lab(n_agents: int, tag: str, preset: str = "swift") -> Lab:
@@ -179,7 +182,7 @@ def meshnet_side(n: int, preset: str, idle: float) -> dict[str, float]:
         _wait(lambda: _all_alive(lab, hosts, n), 180, f"{n} meshnet agents alive")
         joins = [(t, h, who) for h in hosts for t, who in _log_events(lab, h, "join")]
         converged = _join_convergence(joins, hosts)
-        time.sleep(3)
+        time.sleep(SETTLE)
         m0 = _gossip_counters(lab, hosts)
         before = [_tx_bytes(lab.spec.host_ns(h)) for h in hosts]
         t0 = time.monotonic()
@@ -239,7 +242,7 @@ def serf_side(n: int, idle: float) -> dict[str, float]:
         converged = _wait(lambda: _join_convergence(joins(), names), 120,
                           "every serf agent to see every other join")
         _wait(lambda: all(s.alive(i) == n for i in (0, n // 2, n - 1)), 120, "serf members")
-        time.sleep(3)
+        time.sleep(SETTLE)
         sus0 = sum(1 for _, _, line in s.seen if "Suspect" in line)
         before = [_tx_bytes(x) for x in s.ns]
         t0 = time.monotonic()
