@@ -13,6 +13,7 @@ The parsers are sans-IO (bytes in, tuples out; malformed input raises
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -185,6 +186,36 @@ def parse_neigh(body: memoryview) -> Neigh:
 
 def request(msg_type: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+NETLINK_GENERIC = 16
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 2
+
+
+def genl_family_request(name: str, seq: int) -> bytes:
+    """A generic netlink CTRL_CMD_GETFAMILY request for the family ``name``."""
+    raw = name.encode() + b"\0"
+    attr = _RTA.pack(_RTA.size + len(raw), CTRL_ATTR_FAMILY_NAME) + raw
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("=BBH", CTRL_CMD_GETFAMILY, 1, 0) + attr
+    return _HDR.pack(_HDR.size + len(body), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + body
+
+
+def genl_family(name: str, timeout: float = 2.0) -> None:
+    """Ask the kernel (in the calling thread's namespace) for the generic netlink family
+    ``name``: returns if it exists, raises OSError (ENOENT: it does not) otherwise.
+
+    A plain socket, closed on return: pyroute2's family sockets (``pyroute2.ipvs.IPVS``)
+    raise from their constructor when the family is absent and leave an event loop and
+    three sockets to the garbage collector."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC) as sock:
+        sock.settimeout(timeout)
+        sock.bind((0, 0))
+        sock.send(genl_family_request(name, 1))
+        for typ, _ in messages(sock.recv(65536)):  # NLMSG_ERROR raises OSError
+            if typ == GENL_ID_CTRL:
+                return
+    raise OSError(errno.EPROTO, f"no answer about generic netlink family {name}")
 
 
 class Dumper:

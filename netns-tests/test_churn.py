@@ -5,7 +5,6 @@ serving. (The 1,000-cycle churn and the 5-host load figures are `bench.run scale
 from __future__ import annotations
 
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -27,7 +26,7 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab, lb):
     wait_until(lambda: all(len(api(lab, h).get("/v1/endpoints")) == 1
                            for h in lab.spec.host_names), what="first endpoint everywhere")
     settled(lab)
-    before = _quiet_snapshot(lab)
+    before = snapshot(lab)
     # the snapshot sees meshnet's objects (keep's LB rules, its FDB entries elsewhere)
     nft = [x for k, v in before.items() if k.endswith(" nft") for x in v]
     assert any("MESHNET" in x or "meshnet" in x for x in nft), nft
@@ -73,21 +72,6 @@ def test_attach_detach_and_service_churn_leave_nothing(make_lab, lb):
         eps = api(lab, h).get("/v1/endpoints")
         assert [e["name"] for e in eps] == ["keep"]
         assert [s["name"] for s in api(lab, h).get("/v1/services")] == ["keep"]
-
-
-def _quiet_snapshot(lab, timeout: float = 30.0) -> dict:
-    """The starting point, taken when two snapshots 2 s apart agree: a start-up
-    transient (the catch-up push/pulls 2 s and 8 s after a join open sockets for a
-    moment) must not count as something the churn removed."""
-    holder: dict = {"last": snapshot(lab)}
-    time.sleep(2)
-
-    def stable():
-        now = snapshot(lab)
-        same = now == holder["last"]
-        holder["last"] = now
-        return now if same else None
-    return wait_until(stable, timeout=timeout, interval=2, what="a quiet starting point")
 
 
 def _dns_bad(lab) -> int:

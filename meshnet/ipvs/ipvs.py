@@ -39,6 +39,7 @@ from meshnet.ipvs.rules import (
     render_host,
 )
 from meshnet.ipvs.state import LbConfig, LbState, SandboxLb, VirtualService
+from meshnet.nlread import genl_family
 
 FWMARK_CHAIN = "MESHNET-FWMARK"
 IP_VS_CONN_F_MASQ = 0
@@ -52,11 +53,8 @@ def ipvs_available() -> tuple[bool, str]:
     else:
         why = ""
     try:
-        from pyroute2.ipvs import IPVS
-
-        sock = IPVS()
-        sock.close()
-    except Exception as exc:  # NetlinkError(ENOENT) when the genl family is absent
+        genl_family("IPVS")
+    except OSError as exc:  # ENOENT when the genl family is absent
         return False, (why + "; " if why else "") + f"generic netlink family IPVS: {exc}"
     if why:
         return False, why

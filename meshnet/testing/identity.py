@@ -58,18 +58,53 @@ def _links(ns: str) -> list[str]:
     return sorted(out)
 
 
+_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "netlink", "packet")
+_TCP_STATES = {"01": "established", "0A": "listen"}
+
+
+def _socket_kinds(pid: int) -> dict[str, str]:
+    """Socket inode -> "socket PROTO[ STATE]", from the tables of the process's namespace
+    (a TCP stream's state: established, listen, or the hex code of another)."""
+    kinds: dict[str, str] = {}
+    for table in _SOCKET_TABLES:
+        try:
+            with open(f"/proc/{pid}/net/{table}", encoding="ascii", errors="replace") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        cols = header.split()
+        at = cols.index("Inode") if "Inode" in cols else (6 if table == "unix" else 9)
+        if table == "netlink":
+            at = len(cols) - 1
+        for row in rows:
+            parts = row.split()
+            if len(parts) <= at:
+                continue
+            kind = f"socket {table}"
+            if table.startswith("tcp"):
+                kind += " " + _TCP_STATES.get(parts[3], parts[3])
+            kinds[parts[at]] = kind
+    return kinds
+
+
 def _fds(pid: int) -> list[str]:
-    """The agent's open files by kind (socket, pipe, eventpoll, path); the least busy of a
-    few samples: a gossip TCP stream in flight is not a leak."""
+    """The agent's open files by kind (``socket tcp established``, ``socket netlink``,
+    ``pipe``, ``anon_inode:[eventpoll]``, a path); the least busy of a few samples: a
+    gossip TCP stream in flight is not a leak."""
     samples = []
     for _ in range(5):
-        kinds = []
+        kinds, sockets = [], _socket_kinds(pid)
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            kinds.append(target.split(":[")[0] if ":[" in target else target)
+            if target.startswith("socket:["):
+                kinds.append(sockets.get(target[8:-1], "socket"))
+            elif target.startswith("pipe:["):
+                kinds.append("pipe")
+            else:
+                kinds.append(target)
         samples.append(sorted(kinds))
         time.sleep(0.2)
     return min(samples, key=len)

@@ -161,30 +161,49 @@ def test_choose_backend():
 
 def test_ipvs_available_reports_a_reason(monkeypatch):
     """Each way IPVS can be missing gives its own reason; present means no reason."""
-    import pyroute2.ipvs
-
     from meshnet.ipvs import ipvs as mod
 
-    class NoFamily:
-        def __init__(self):
-            raise OSError(2, "No such file or directory")
-
-    class Family:
-        def close(self):
-            pass
+    def no_family(name):
+        raise OSError(2, "No such file or directory")
 
     monkeypatch.setattr(mod.os.path, "exists", lambda p: p != "/proc/net/ip_vs")
-    monkeypatch.setattr(pyroute2.ipvs, "IPVS", NoFamily)
+    monkeypatch.setattr(mod, "genl_family", no_family)
     ok, why = ipvs_available()
     assert not ok and "/proc/net/ip_vs missing" in why and "generic netlink family" in why
-    monkeypatch.setattr(pyroute2.ipvs, "IPVS", Family)
+    monkeypatch.setattr(mod, "genl_family", lambda name: None)
     assert ipvs_available() == (False, "/proc/net/ip_vs missing (no ip_vs module in this "
                                        "kernel)")
     monkeypatch.setattr(mod.os.path, "exists", lambda p: True)
     assert ipvs_available() == (True, "")
-    monkeypatch.setattr(pyroute2.ipvs, "IPVS", NoFamily)
+    monkeypatch.setattr(mod, "genl_family", no_family)
     ok, why = ipvs_available()
     assert not ok and why.startswith("generic netlink family IPVS")
+
+
+def test_genl_family_asks_the_kernel_and_closes_its_socket():
+    """A real generic netlink query: the controller's own family exists, a made-up one
+    does not (ENOENT), and neither leaves a file open (pyroute2's IPVS() left an event
+    loop and three sockets to the garbage collector when the family was absent, which
+    the churn test saw as an agent's open files changing)."""
+    import errno
+    import gc
+
+    from meshnet.nlread import genl_family
+
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.disable()
+    try:
+        before = fds()
+        genl_family("nlctrl")
+        with pytest.raises(OSError) as e:
+            genl_family("mn-nofamily")
+        assert e.value.errno == errno.ENOENT
+        ipvs_available()
+        assert fds() == before
+    finally:
+        gc.enable()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
