@@ -9,6 +9,7 @@ those (about 10x less CPU). It never writes to the kernel.
 The parsers are sans-IO (bytes in, tuples out; malformed input raises
 :class:`NetlinkParseError`); :class:`Dumper` is the socket side: one raw
 ``NETLINK_ROUTE`` socket opened inside a namespace, one dump request at a time.
+:func:`genl_family` asks whether a generic netlink family (IPVS) exists.
 """
 
 from __future__ import annotations
