@@ -111,9 +111,11 @@ class GossipConfig:
     node whose view of one member stayed wrong after a heal corrects it in seconds."""
     sync_unknown_pinger: bool = False
     """A ping from a member we do not know, or hold dead, starts a push/pull with it (at
-    most once per member per ``push_pull_interval`` / 6): a member whose alive we missed
-    (a burst of joins outruns the gossip's retransmit budget) is learnt at its first
-    probe of us, not at the next periodic push/pull."""
+    most once per member per ``push_pull_interval`` / 6, and at most
+    ``core.PINGER_SYNC_BURST`` at once and ``core.PINGER_SYNC_RATE`` a second in all, so pings
+    under made-up names cannot make us push/pull without end): a member whose alive we
+    missed (a burst of joins outruns the gossip's retransmit budget) is learnt at its
+    first probe of us, not at the next periodic push/pull."""
     join_catch_up: tuple[float, ...] = ()
     """Seconds after a join at which to push/pull once more with a random live member:
     the join's own push/pull only carries what its target knew then, and in a burst of

@@ -72,6 +72,11 @@ from meshnet.gossip.sync import InboundStream, Syncer
 
 log = logging.getLogger("meshnet.gossip")
 
+#: sync_unknown_pinger's budget over all members: a burst of joins needs a few push/pulls
+#: at once, pings under made-up names must not buy one each
+PINGER_SYNC_BURST = 8
+PINGER_SYNC_RATE = 2.0  # per second
+
 SERF_MAX_TYPE = 9  # serf user message types are 0..9
 SERF_LEAVE_INTENT = 0
 SERF_JOIN_INTENT = 1
@@ -119,6 +124,7 @@ class Memberlist:
         self._reconnect_last = ""
         self._catch_up: list[float] = []  # join_catch_up: when to push/pull again
         self._pinger_syncs: dict[str, float] = {}  # sync_unknown_pinger: name -> when
+        self._pinger_tokens = (float(PINGER_SYNC_BURST), 0.0)  # (tokens, as of)
         self._serf_ltime = 0
         self._leave_phase: str | None = None  # None, "intent", "dead"
         self._leave_intent: Broadcast | None = None
@@ -523,12 +529,20 @@ class Memberlist:
         last = self._pinger_syncs.get(name)
         if last is not None and now - last < window:
             return
+        tokens, since = self._pinger_tokens
+        tokens = min(float(PINGER_SYNC_BURST), tokens + (now - since) * PINGER_SYNC_RATE)
+        if tokens < 1.0:
+            self._pinger_tokens = (tokens, now)
+            self.metrics["sync.unknown_pinger_limited"] += 1
+            return
+        self._pinger_tokens = (tokens - 1.0, now)
         if len(self._pinger_syncs) >= 4096:
             self._pinger_syncs = {k: t for k, t in self._pinger_syncs.items()
                                   if now - t < window}
         self._pinger_syncs[name] = now
         self.metrics["sync.unknown_pinger"] += 1
-        self._sync.start_push_pull(claimed_source(p.source_addr, p.source_port, src), rec is not None, now, None)
+        dest = claimed_source(p.source_addr, p.source_port, src)
+        self._sync.start_push_pull(dest, rec is not None, now, None)
 
     def _leave_progress(self, now: float) -> None:
         if self._leave_phase != "intent":

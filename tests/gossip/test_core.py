@@ -414,3 +414,26 @@ def test_late_timers_raise_the_health_score_once_per_probe_interval():
     assert core._aw.score == before + 2
     assert core.metrics["awareness.late_timer"] == 2
     assert GossipConfig.lan().late_threshold > 0 and GossipConfig().late_threshold == 0
+
+
+def test_pings_under_made_up_names_buy_a_bounded_number_of_push_pulls():
+    """sync_unknown_pinger push/pulls with a member that pings us unknown; a flood of
+    pings under fresh names each time gets PINGER_SYNC_BURST at once and then
+    PINGER_SYNC_RATE a second, not one push/pull per name."""
+    from meshnet.gossip.core import PINGER_SYNC_BURST, PINGER_SYNC_RATE
+
+    a = mk("a", 1, GossipConfig.swift().replace(push_pull_interval=3600.0))
+    a.drain_streams()
+
+    def flood(t: float, count: int) -> int:
+        for i in range(count):
+            ping = Ping(i, "a", addr_to_wire("10.9.0.1"), 7946, f"fake-{t}-{i}")
+            a.handle_datagram(codec.encode(ping), ("10.9.0.1", 7946), t)
+        return len(a.drain_streams())
+
+    assert flood(1.0, 200) == PINGER_SYNC_BURST
+    assert flood(1.0, 200) == 0
+    assert flood(3.0, 200) == int(2.0 * PINGER_SYNC_RATE)
+    assert a.metrics["sync.unknown_pinger_limited"] >= 392
+    # each ping was still answered (an Ack to where it asked)
+    assert sum(1 for msgs, _, _ in sent(a) for m in msgs if isinstance(m, Ack)) == 600
