@@ -58,7 +58,9 @@ def _links(ns: str) -> list[str]:
     return sorted(out)
 
 
-_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "netlink", "packet")
+#: /proc/PID/net tables and the whitespace-split column of each row's inode
+_INODE_COLUMN = {"tcp": 9, "tcp6": 9, "udp": 9, "udp6": 9, "raw": 9, "raw6": 9,
+                 "unix": 6, "netlink": 9, "packet": 8}
 _TCP_STATES = {"01": "established", "0A": "listen"}
 
 
@@ -66,16 +68,12 @@ def _socket_kinds(pid: int) -> dict[str, str]:
     """Socket inode -> "socket PROTO[ STATE]", from the tables of the process's namespace
     (a TCP stream's state: established, listen, or the hex code of another)."""
     kinds: dict[str, str] = {}
-    for table in _SOCKET_TABLES:
+    for table, at in _INODE_COLUMN.items():
         try:
             with open(f"/proc/{pid}/net/{table}", encoding="ascii", errors="replace") as f:
-                header, *rows = f.read().splitlines()
+                rows = f.read().splitlines()[1:]
         except OSError:
             continue
-        cols = header.split()
-        at = cols.index("Inode") if "Inode" in cols else (6 if table == "unix" else 9)
-        if table == "netlink":
-            at = len(cols) - 1
         for row in rows:
             parts = row.split()
             if len(parts) <= at:
